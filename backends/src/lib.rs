@@ -1,0 +1,299 @@
+//! The burn backends attrib can be compiled with, one Cargo feature each, and the run-time
+//! choice among those compiled in.
+//!
+//! No other crate of the project names a concrete backend: code that runs a model is written
+//! once as a [`BackendJob`], generic over `B: Backend`, and [`run`] instantiates it for the
+//! backend the user picked.
+
+use std::fmt;
+
+use burn::tensor::backend::Backend;
+
+/// A backend attrib knows about, compiled in or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// burn-cuda (NVIDIA GPUs, CubeCL).
+    Cuda,
+    /// burn-tch (libtorch: CPU, CUDA or MPS).
+    Tch,
+    /// burn-wgpu on Metal (Apple GPUs).
+    Metal,
+    /// burn-wgpu on Vulkan.
+    Vulkan,
+    /// burn-wgpu with the graphics API wgpu picks.
+    Wgpu,
+    /// burn-flex, the fast CPU backend.
+    Flex,
+    /// burn-ndarray, the reference CPU backend.
+    Ndarray,
+}
+
+impl BackendKind {
+    /// Every backend, fastest first: the order in which a default is chosen.
+    pub const ALL: [BackendKind; 7] = [
+        BackendKind::Cuda,
+        BackendKind::Tch,
+        BackendKind::Metal,
+        BackendKind::Vulkan,
+        BackendKind::Wgpu,
+        BackendKind::Flex,
+        BackendKind::Ndarray,
+    ];
+
+    /// The name used by `--backend` and the Cargo feature that compiles it in.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cuda => "cuda",
+            BackendKind::Tch => "tch",
+            BackendKind::Metal => "metal",
+            BackendKind::Vulkan => "vulkan",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Flex => "flex",
+            BackendKind::Ndarray => "ndarray",
+        }
+    }
+
+    /// Whether this binary was compiled with the backend's feature.
+    pub fn is_compiled(self) -> bool {
+        match self {
+            BackendKind::Cuda => cfg!(feature = "cuda"),
+            BackendKind::Tch => cfg!(feature = "tch"),
+            BackendKind::Metal => cfg!(feature = "metal"),
+            BackendKind::Vulkan => cfg!(feature = "vulkan"),
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Flex => cfg!(feature = "flex"),
+            BackendKind::Ndarray => cfg!(feature = "ndarray"),
+        }
+    }
+
+    /// The devices `--device` accepts for this backend, for help and error text.
+    pub fn device_help(self) -> &'static str {
+        match self {
+            BackendKind::Cuda => "cuda:N (default cuda:0)",
+            BackendKind::Tch => "cpu, cuda:N or mps (default: cuda:0 if libtorch sees CUDA, else cpu)",
+            BackendKind::Metal | BackendKind::Vulkan | BackendKind::Wgpu => {
+                "default, discrete:N, integrated:N, virtual:N or cpu (default: default)"
+            }
+            BackendKind::Flex | BackendKind::Ndarray => "cpu",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The backends compiled into this binary, fastest first.
+pub fn compiled() -> Vec<BackendKind> {
+    BackendKind::ALL.into_iter().filter(|k| k.is_compiled()).collect()
+}
+
+/// A `--backend` or `--device` value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The binary was built without any backend feature.
+    #[error("this binary was built without a backend; rebuild with --features ndarray (or flex, wgpu, metal, vulkan, tch, cuda)")]
+    NoneCompiled,
+    /// The name is not a backend at all.
+    #[error("--backend {0:?} is not a backend; choose one of: {list}", list = names(&compiled()))]
+    Unknown(String),
+    /// The backend exists but this binary was built without it.
+    #[error("--backend {0} is not compiled into this binary (compiled: {list}); rebuild with --features {0}", list = names(&compiled()))]
+    NotCompiled(BackendKind),
+    /// The device string does not name a device of the backend.
+    #[error("--device {device:?} is not a device of the {backend} backend; use {help}", help = backend.device_help())]
+    BadDevice {
+        /// The backend.
+        backend: BackendKind,
+        /// What the user gave.
+        device: String,
+    },
+}
+
+fn names(kinds: &[BackendKind]) -> String {
+    kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// A validated choice of backend and device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// The backend.
+    pub kind: BackendKind,
+    /// The device, normalised (`cpu`, `cuda:0`, `default`, …).
+    pub device: String,
+}
+
+impl Selection {
+    /// Validates `--backend` and `--device`; `None` picks the fastest compiled backend and its
+    /// default device.
+    pub fn parse(backend: Option<&str>, device: Option<&str>) -> Result<Self, BackendError> {
+        let kind = match backend {
+            None => *compiled().first().ok_or(BackendError::NoneCompiled)?,
+            Some(name) => {
+                let kind = BackendKind::ALL
+                    .into_iter()
+                    .find(|k| k.name().eq_ignore_ascii_case(name.trim()))
+                    .ok_or_else(|| BackendError::Unknown(name.to_string()))?;
+                if !kind.is_compiled() {
+                    return Err(BackendError::NotCompiled(kind));
+                }
+                kind
+            }
+        };
+        let device = normalise_device(kind, device)?;
+        Ok(Self { kind, device })
+    }
+}
+
+/// Checks a device string against the backend and fills in the default.
+fn normalise_device(kind: BackendKind, device: Option<&str>) -> Result<String, BackendError> {
+    let bad = || BackendError::BadDevice {
+        backend: kind,
+        device: device.unwrap_or_default().to_string(),
+    };
+    let given = device.map(|d| d.trim().to_ascii_lowercase());
+    let indexed = |d: &str, prefix: &str| -> Option<usize> {
+        d.strip_prefix(prefix)?.strip_prefix(':')?.parse().ok()
+    };
+    match kind {
+        BackendKind::Ndarray | BackendKind::Flex => match given.as_deref() {
+            None | Some("cpu") => Ok("cpu".into()),
+            _ => Err(bad()),
+        },
+        BackendKind::Cuda => match given.as_deref() {
+            None | Some("cuda") => Ok("cuda:0".into()),
+            Some(d) => indexed(d, "cuda").map(|i| format!("cuda:{i}")).ok_or_else(bad),
+        },
+        BackendKind::Tch => match given.as_deref() {
+            None => Ok(if tch_has_cuda() { "cuda:0" } else { "cpu" }.into()),
+            Some("cpu") | Some("mps") => Ok(given.unwrap_or_default()),
+            Some("cuda") => Ok("cuda:0".into()),
+            Some(d) => indexed(d, "cuda").map(|i| format!("cuda:{i}")).ok_or_else(bad),
+        },
+        BackendKind::Metal | BackendKind::Vulkan | BackendKind::Wgpu => match given.as_deref() {
+            None | Some("default") => Ok("default".into()),
+            Some("cpu") => Ok("cpu".into()),
+            Some(d) => ["discrete", "integrated", "virtual"]
+                .iter()
+                .find_map(|p| indexed(d, p).map(|i| format!("{p}:{i}")))
+                .ok_or_else(bad),
+        },
+    }
+}
+
+#[cfg(feature = "tch")]
+fn tch_has_cuda() -> bool {
+    tch::Cuda::is_available()
+}
+
+#[cfg(not(feature = "tch"))]
+fn tch_has_cuda() -> bool {
+    false
+}
+
+/// Work to run on whichever backend was selected.
+pub trait BackendJob {
+    /// What the job returns.
+    type Output;
+    /// Runs the job on backend `B` and `device`. Jobs that need gradients wrap `B` in
+    /// `burn::backend::Autodiff<B>` themselves.
+    fn run<B: Backend>(self, device: B::Device, selection: &Selection) -> Self::Output;
+}
+
+/// The device index after `prefix:` in a normalised device string.
+#[allow(dead_code)]
+fn index_of(device: &str) -> usize {
+    device
+        .split_once(':')
+        .and_then(|(_, i)| i.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(any(feature = "wgpu", feature = "metal", feature = "vulkan"))]
+fn wgpu_device(device: &str) -> burn::backend::wgpu::WgpuDevice {
+    use burn::backend::wgpu::WgpuDevice;
+    match device.split_once(':').map(|(p, _)| p).unwrap_or(device) {
+        "cpu" => WgpuDevice::Cpu,
+        "discrete" => WgpuDevice::DiscreteGpu(index_of(device)),
+        "integrated" => WgpuDevice::IntegratedGpu(index_of(device)),
+        "virtual" => WgpuDevice::VirtualGpu(index_of(device)),
+        _ => WgpuDevice::DefaultDevice,
+    }
+}
+
+/// Runs `job` on the selected backend and device (f32 everywhere).
+pub fn run<J: BackendJob>(selection: &Selection, job: J) -> J::Output {
+    let device = selection.device.as_str();
+    let _ = device;
+    match selection.kind {
+        #[cfg(feature = "ndarray")]
+        BackendKind::Ndarray => job.run::<burn::backend::NdArray<f32>>(Default::default(), selection),
+        #[cfg(feature = "flex")]
+        BackendKind::Flex => job.run::<burn::backend::Flex<f32>>(Default::default(), selection),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => job.run::<burn::backend::Wgpu<f32>>(wgpu_device(device), selection),
+        #[cfg(feature = "metal")]
+        BackendKind::Metal => job.run::<burn::backend::Metal<f32>>(wgpu_device(device), selection),
+        #[cfg(feature = "vulkan")]
+        BackendKind::Vulkan => job.run::<burn::backend::Vulkan<f32>>(wgpu_device(device), selection),
+        #[cfg(feature = "tch")]
+        BackendKind::Tch => {
+            use burn::backend::libtorch::LibTorchDevice;
+            let dev = match device {
+                "cpu" => LibTorchDevice::Cpu,
+                "mps" => LibTorchDevice::Mps,
+                _ => LibTorchDevice::Cuda(index_of(device)),
+            };
+            job.run::<burn::backend::LibTorch<f32>>(dev, selection)
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            let dev = burn::backend::cuda::CudaDevice::new(index_of(device));
+            job.run::<burn::backend::Cuda<f32>>(dev, selection)
+        }
+        #[allow(unreachable_patterns)]
+        other => unreachable!("{other} is not compiled in; Selection::parse refuses it"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_the_fastest_compiled() {
+        let s = Selection::parse(None, None).unwrap();
+        assert_eq!(s.kind, compiled()[0]);
+    }
+
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn ndarray_takes_only_cpu() {
+        let s = Selection::parse(Some("NdArray"), None).unwrap();
+        assert_eq!((s.kind, s.device.as_str()), (BackendKind::Ndarray, "cpu"));
+        let err = Selection::parse(Some("ndarray"), Some("cuda:0")).unwrap_err();
+        assert!(err.to_string().contains("--device"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_missing_backends_are_named() {
+        let err = Selection::parse(Some("tpu"), None).unwrap_err();
+        assert_eq!(err, BackendError::Unknown("tpu".into()));
+        assert!(err.to_string().contains("--backend"));
+        if let Some(missing) = BackendKind::ALL.into_iter().find(|k| !k.is_compiled()) {
+            let err = Selection::parse(Some(missing.name()), None).unwrap_err();
+            assert_eq!(err, BackendError::NotCompiled(missing));
+            assert!(err.to_string().contains(&format!("--features {missing}")));
+        }
+    }
+
+    #[test]
+    fn device_strings_are_normalised() {
+        assert_eq!(normalise_device(BackendKind::Cuda, Some("CUDA:1")).unwrap(), "cuda:1");
+        assert_eq!(normalise_device(BackendKind::Wgpu, Some("discrete:0")).unwrap(), "discrete:0");
+        assert!(normalise_device(BackendKind::Wgpu, Some("gpu")).is_err());
+        assert!(normalise_device(BackendKind::Tch, Some("cuda:x")).is_err());
+    }
+}

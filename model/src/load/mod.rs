@@ -1,0 +1,187 @@
+//! Loading weights: any [`WeightSource`] gives tensors by their Hugging Face name, and
+//! [`Loader`] hands them to the model while checking shapes and which ones were used.
+
+pub mod safetensors;
+
+use std::collections::BTreeSet;
+
+use burn::module::{Param, ParamId};
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use crate::error::ModelError;
+
+pub use self::safetensors::SafetensorsSource;
+
+/// A checkpoint's tensors, by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`, …),
+/// in the row-major layout PyTorch uses (`Linear` weights are `[out, in]`).
+pub trait WeightSource {
+    /// The names of every tensor the source holds.
+    fn names(&self) -> Vec<String>;
+    /// The shape of a tensor, or `None` if the source has no such tensor.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The values of a tensor, converted to f32.
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>, ModelError>;
+}
+
+/// Names a checkpoint may carry that the model rebuilds itself (RoPE's frequencies in old
+/// checkpoints), so they count as neither used nor unused.
+fn is_derived_buffer(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq")
+}
+
+/// Takes tensors from a [`WeightSource`] into burn parameters on `device`.
+///
+/// Each `take_*` checks the shape the config implies; [`Loader::finish`] fails if the
+/// checkpoint holds tensors that were never taken.
+pub struct Loader<'a, B: Backend> {
+    source: &'a dyn WeightSource,
+    device: B::Device,
+    used: BTreeSet<String>,
+}
+
+impl<'a, B: Backend> Loader<'a, B> {
+    /// A loader reading from `source` onto `device`.
+    pub fn new(source: &'a dyn WeightSource, device: &B::Device) -> Self {
+        Self {
+            source,
+            device: device.clone(),
+            used: BTreeSet::new(),
+        }
+    }
+
+    /// Whether the source holds `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.source.shape(name).is_some()
+    }
+
+    /// Marks a tensor as accounted for without loading it (a tied `lm_head.weight`).
+    pub fn skip(&mut self, name: &str) {
+        self.used.insert(name.to_string());
+    }
+
+    /// Reads `name` as f32 values after checking it has shape `expected`.
+    fn read(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let found = self
+            .source
+            .shape(name)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
+        if found != expected {
+            return Err(ModelError::ShapeMismatch {
+                name: name.into(),
+                expected: expected.to_vec(),
+                found,
+            });
+        }
+        self.used.insert(name.to_string());
+        self.source.read_f32(name)
+    }
+
+    /// A parameter that never requires a gradient: attribution differentiates with respect to
+    /// activations only, so weight gradients would be wasted work.
+    fn param<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Param<Tensor<B, D>> {
+        let tensor = Tensor::from_data(TensorData::new(values, shape), &self.device);
+        Param::initialized(ParamId::new(), tensor)
+    }
+
+    /// A vector parameter of length `len`.
+    pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<B, 1>>, ModelError> {
+        let values = self.read(name, &[len])?;
+        Ok(self.param(values, [len]))
+    }
+
+    /// A `Linear` from `{prefix}.weight` (`[d_out, d_in]` on disk) and, if `bias`,
+    /// `{prefix}.bias`.
+    ///
+    /// burn's `Linear` computes `x · W` with `W` as `[d_in, d_out]`, so the PyTorch weight is
+    /// transposed once here rather than at every forward.
+    pub fn linear(
+        &mut self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, ModelError> {
+        let weight = self.read(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let weight = transpose(&weight, d_out, d_in);
+        let bias = if bias {
+            Some(self.vector(&format!("{prefix}.bias"), d_out)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: self.param(weight, [d_in, d_out]),
+            bias,
+        })
+    }
+
+    /// An `Embedding` from `{prefix}.weight`, `[rows, dim]`.
+    pub fn embedding(
+        &mut self,
+        prefix: &str,
+        rows: usize,
+        dim: usize,
+    ) -> Result<Embedding<B>, ModelError> {
+        let weight = self.read(&format!("{prefix}.weight"), &[rows, dim])?;
+        Ok(Embedding {
+            weight: self.param(weight, [rows, dim]),
+        })
+    }
+
+    /// An `RmsNorm` from `{prefix}.weight` (burn calls it `gamma`).
+    pub fn rms_norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<RmsNorm<B>, ModelError> {
+        Ok(RmsNorm {
+            gamma: self.vector(&format!("{prefix}.weight"), dim)?,
+            epsilon: eps,
+        })
+    }
+
+    /// Fails if the source holds tensors nobody took.
+    pub fn finish(self) -> Result<(), ModelError> {
+        let unused: Vec<String> = self
+            .source
+            .names()
+            .into_iter()
+            .filter(|n| !self.used.contains(n) && !is_derived_buffer(n))
+            .collect();
+        if unused.is_empty() {
+            Ok(())
+        } else {
+            Err(ModelError::UnusedTensors { names: unused })
+        }
+    }
+}
+
+/// Transposes a row-major `[rows, cols]` matrix.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; values.len()];
+    // Blocked, so both sides stay in cache for the large projection matrices.
+    const BLOCK: usize = 32;
+    for r0 in (0..rows).step_by(BLOCK) {
+        for c0 in (0..cols).step_by(BLOCK) {
+            for r in r0..(r0 + BLOCK).min(rows) {
+                for c in c0..(c0 + BLOCK).min(cols) {
+                    out[c * rows + r] = values[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_moves_every_element() {
+        let (rows, cols) = (37, 70);
+        let values: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let t = transpose(&values, rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(t[c * rows + r], values[r * cols + c]);
+            }
+        }
+    }
+}

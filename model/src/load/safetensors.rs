@@ -1,0 +1,155 @@
+//! Safetensors checkpoints: `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`, memory-mapped and converted to f32 tensor by tensor.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensors};
+
+use super::WeightSource;
+use crate::error::ModelError;
+
+/// Where one tensor lives.
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+/// The tensors of one or more safetensors files.
+pub struct SafetensorsSource {
+    files: Vec<(PathBuf, Mmap)>,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl SafetensorsSource {
+    /// Opens the weights of a Hugging Face model folder: the shards named by
+    /// `model.safetensors.index.json` if it exists, else `model.safetensors`.
+    pub fn from_folder(folder: &Path) -> Result<Self, ModelError> {
+        let index = folder.join("model.safetensors.index.json");
+        if index.is_file() {
+            let shards = shard_files(&index)?;
+            let paths: Vec<PathBuf> = shards.iter().map(|s| folder.join(s)).collect();
+            Self::from_files(&paths)
+        } else {
+            let single = folder.join("model.safetensors");
+            if !single.is_file() {
+                return Err(ModelError::Source(format!(
+                    "{}: no model.safetensors or model.safetensors.index.json in this folder",
+                    folder.display()
+                )));
+            }
+            Self::from_files(&[single])
+        }
+    }
+
+    /// Opens the given safetensors files as one checkpoint.
+    pub fn from_files(paths: &[PathBuf]) -> Result<Self, ModelError> {
+        let mut files = Vec::new();
+        let mut entries = BTreeMap::new();
+        for (index, path) in paths.iter().enumerate() {
+            let io = |source| ModelError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = File::open(path).map_err(io)?;
+            // SAFETY: the file is opened read-only and only read through this map; a checkpoint
+            // changed on disk while attrib runs is outside what any loader can defend against.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+            let tensors = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            for (name, view) in tensors.tensors() {
+                entries.insert(
+                    name,
+                    Entry {
+                        file: index,
+                        dtype: view.dtype(),
+                        shape: view.shape().to_vec(),
+                    },
+                );
+            }
+            files.push((path.clone(), mmap));
+        }
+        Ok(Self { files, entries })
+    }
+}
+
+/// The distinct shard file names of an index, in order.
+fn shard_files(index: &Path) -> Result<Vec<String>, ModelError> {
+    let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let bad = |message: String| ModelError::Safetensors {
+        path: index.to_path_buf(),
+        message,
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no weight_map object".into()))?;
+    let mut shards: Vec<String> = Vec::new();
+    for file in map.values() {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad("weight_map values must be file names".into()))?;
+        if !shards.iter().any(|s| s == file) {
+            shards.push(file.to_string());
+        }
+    }
+    shards.sort();
+    Ok(shards)
+}
+
+impl WeightSource for SafetensorsSource {
+    fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.entries.get(name).map(|e| e.shape.clone())
+    }
+
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
+        let (path, mmap) = &self.files[entry.file];
+        let tensors = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Safetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let view = tensors.tensor(name).map_err(|e| ModelError::Safetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let bytes = view.data();
+        let values = match entry.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::UnsupportedDtype {
+                    name: name.into(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        Ok(values)
+    }
+}

@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Reference values for a Qwen2 model folder, computed with PyTorch + transformers.
+
+Everything runs in float32 on the CPU with eager attention. For each prompt the
+output records the tokenization, the logits (all positions and the full
+vocabulary with `--logits full`, or only the top 20 at the last position with
+`--logits top20`), the top 5 next tokens, and a Grad x Activation attribution
+of the argmax logit at the last position onto the embeddings and onto the
+output of every attention block (after o_proj, before the residual add) and
+every MLP block.
+
+Usable as a module (`load_model`, `compute_case`, `build_reference`,
+`write_reference`) or from the command line:
+
+    reference.py MODEL_DIR OUT_JSON --name NAME [--logits full|top20]
+        [--prompt TEXT ...] [--chat-prompt TEXT ...]
+"""
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+
+def f32(x):
+    """A Python float whose repr is the shortest decimal that round-trips as float32."""
+    return float(str(np.float32(x)))
+
+
+def f32_list(t):
+    return [f32(v) for v in t.detach().to(torch.float32).reshape(-1).tolist()]
+
+
+def load_model(model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    )
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tokenizer
+
+
+def encode(tokenizer, prompt, chat):
+    if chat:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        text = prompt
+        ids = tokenizer(text)["input_ids"]
+    return text, list(ids)
+
+
+def decode_token(tokenizer, token_id):
+    if token_id >= len(tokenizer):
+        return ""  # padding row of the embedding matrix, not a tokenizer entry
+    return tokenizer.decode([token_id])
+
+
+def node_names(num_layers):
+    names = ["embeddings"]
+    for i in range(num_layers):
+        names += [f"L{i}_Attn", f"L{i}_MLP"]
+    return names
+
+
+def compute_case(model, tokenizer, prompt, chat=False, logits="full"):
+    text, ids = encode(tokenizer, prompt, chat)
+    if not ids:
+        raise ValueError(f"prompt {prompt!r} tokenizes to nothing")
+    input_ids = torch.tensor([ids], dtype=torch.long)
+
+    acts = {}
+    handles = []
+
+    def embed_hook(_module, _inputs, output):
+        # Weights are frozen, so make the embedding output the leaf that
+        # carries gradients for everything downstream.
+        out = output.detach().requires_grad_(True)
+        acts["embeddings"] = out
+        return out
+
+    def make_hook(name):
+        def hook(_module, _inputs, output):
+            t = output[0] if isinstance(output, (tuple, list)) else output
+            t.retain_grad()
+            acts[name] = t
+
+        return hook
+
+    inner = model.model
+    handles.append(inner.embed_tokens.register_forward_hook(embed_hook))
+    for i, layer in enumerate(inner.layers):
+        handles.append(layer.self_attn.register_forward_hook(make_hook(f"L{i}_Attn")))
+        handles.append(layer.mlp.register_forward_hook(make_hook(f"L{i}_MLP")))
+    try:
+        out = model(input_ids=input_ids, use_cache=False)
+        all_logits = out.logits[0].to(torch.float32)  # [seq, vocab]
+        last = all_logits[-1]
+        target = int(torch.argmax(last).item())
+        model.zero_grad(set_to_none=True)
+        last[target].backward()
+    finally:
+        for h in handles:
+            h.remove()
+
+    last = last.detach()
+    probs = torch.softmax(last, dim=-1)
+    top5_vals, top5_ids = torch.topk(last, 5)
+    top5 = [
+        {
+            "id": int(i),
+            "token": decode_token(tokenizer, int(i)),
+            "logit": f32(v),
+            "prob": f32(probs[int(i)]),
+        }
+        for v, i in zip(top5_vals.tolist(), top5_ids.tolist())
+    ]
+
+    nodes = []
+    for name in node_names(len(inner.layers)):
+        a = acts[name]
+        g = a.grad
+        if g is None:
+            raise RuntimeError(f"no gradient reached {name}")
+        ga = (g * a).detach()[0].to(torch.float32)  # [seq, hidden]
+        nodes.append(
+            {
+                "id": name,
+                "score": f32(torch.linalg.vector_norm(ga)),
+                "signed": f32(ga.sum()),
+                "per_position": f32_list(torch.linalg.vector_norm(ga, dim=-1)),
+            }
+        )
+
+    case = {
+        "prompt": prompt,
+        "chat": bool(chat),
+        "input_ids": ids,
+        "tokens": tokenizer.convert_ids_to_tokens(ids),
+        "text": text,
+    }
+    if logits == "full":
+        case["logits"] = [f32_list(row) for row in all_logits.detach()]
+    elif logits == "top20":
+        vals, idx = torch.topk(last, 20)
+        case["last_logits_top"] = [
+            {"id": int(i), "logit": f32(v)} for v, i in zip(vals.tolist(), idx.tolist())
+        ]
+    else:
+        raise ValueError(f"unknown logits mode {logits!r}")
+    case["top5"] = top5
+    case["nodes"] = nodes
+    return case
+
+
+def build_reference(model_dir, name, cases, logits="full", generated_by="scripts/reference.py"):
+    """cases: list of (prompt, chat) pairs."""
+    torch.manual_seed(0)
+    model, tokenizer = load_model(model_dir)
+    with torch.enable_grad():
+        results = [compute_case(model, tokenizer, p, c, logits) for p, c in cases]
+    return {
+        "model": name,
+        "generated_by": generated_by,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cases": results,
+    }
+
+
+def write_reference(ref, out_path):
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump(ref, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir")
+    p.add_argument("out_json")
+    p.add_argument("--name", help="value of the top-level 'model' key (default: folder name)")
+    p.add_argument("--logits", choices=["full", "top20"], default="full")
+    p.add_argument("--prompt", action="append", default=[], help="plain prompt (repeatable)")
+    p.add_argument("--chat-prompt", action="append", default=[], help="prompt wrapped in the chat template (repeatable)")
+    p.add_argument("--generated-by", default="scripts/reference.py")
+    args = p.parse_args(argv)
+
+    cases = [(x, False) for x in args.prompt] + [(x, True) for x in args.chat_prompt]
+    if not cases:
+        p.error("give at least one --prompt or --chat-prompt")
+    name = args.name or os.path.basename(os.path.normpath(args.model_dir))
+    ref = build_reference(args.model_dir, name, cases, args.logits, args.generated_by)
+    write_reference(ref, args.out_json)
+    for c in ref["cases"]:
+        top = ", ".join(f"{t['id']}:{t['token']!r}:{t['logit']:.4f}" for t in c["top5"])
+        print(f"{c['prompt']!r} ({len(c['input_ids'])} tokens) top5: {top}")
+    print(f"wrote {args.out_json}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+//! attrib: attribution graphs of Qwen2 language models.
+//!
+//! The binary is glue over this library: [`source`] finds a model's files (folder or hub),
+//! [`prompt`] turns text into token ids, [`predict`] runs the model on a backend chosen at run
+//! time. The library never prints; progress goes through [`progress::Progress`].
+
+pub mod cli;
+pub mod predict;
+pub mod progress;
+pub mod prompt;
+pub mod source;
+
+pub use attrib_backends as backends;
+pub use qwen2_burn as model;

@@ -1,0 +1,75 @@
+//! Shared by the integration tests: fixture paths, the reference numbers written by
+//! `scripts/make_fixtures.py`, and the backend the tests run on.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The CPU backend every test runs on.
+pub type TestBackend = burn::backend::NdArray<f32>;
+
+/// `tests/fixtures/NAME`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// One candidate of a reference top-5.
+#[derive(Debug, Deserialize)]
+pub struct RefTop {
+    pub id: u32,
+    pub token: String,
+    pub logit: f32,
+    pub prob: f32,
+}
+
+/// One `(id, logit)` pair.
+#[derive(Debug, Deserialize)]
+pub struct RefLogit {
+    pub id: u32,
+    pub logit: f32,
+}
+
+/// One Grad×Activation node of the reference.
+#[derive(Debug, Deserialize)]
+pub struct RefNode {
+    pub id: String,
+    pub score: f64,
+    pub signed: f64,
+    pub per_position: Vec<f64>,
+}
+
+/// One prompt of a reference file.
+#[derive(Debug, Deserialize)]
+pub struct RefCase {
+    pub prompt: String,
+    pub chat: bool,
+    pub text: String,
+    pub input_ids: Vec<u32>,
+    pub tokens: Vec<String>,
+    /// `[seq][vocab]`, present for the fixtures.
+    #[serde(default)]
+    pub logits: Vec<Vec<f32>>,
+    /// Top-20 logits at the last position, for real models.
+    #[serde(default)]
+    pub last_logits_top: Vec<RefLogit>,
+    pub top5: Vec<RefTop>,
+    pub nodes: Vec<RefNode>,
+}
+
+/// A `tests/fixtures/reference/*.json` file.
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub model: String,
+    pub cases: Vec<RefCase>,
+}
+
+/// Reads `tests/fixtures/reference/{name}.json`.
+pub fn reference(name: &str) -> Reference {
+    let path = fixture("reference").join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
