@@ -4,7 +4,6 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -93,8 +92,7 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
-    let logits = last_logits(&selection, &files, &config, &encoded.ids, &mut bar)
-        .with_context(|| format!("loading {}", files.folder.display()))?;
+    let logits = last_logits(&selection, &files, &config, &encoded.ids, &mut bar)?;
     let elapsed = started.elapsed();
     let top: Vec<TopToken> = top_k(&logits, args.top_k as usize)
         .into_iter()
@@ -130,7 +128,11 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
             encoded.ids.len(),
             elapsed.as_secs_f64()
         );
-        writeln!(out, "{:>4}  {:>8}  {:>10}  {:>8}  token", "rank", "id", "logit", "prob")?;
+        writeln!(
+            out,
+            "{:>4}  {:>8}  {:>10}  {:>8}  token",
+            "rank", "id", "logit", "prob"
+        )?;
         for (rank, t) in top.iter().enumerate() {
             writeln!(
                 out,

@@ -54,7 +54,7 @@ pub struct PromptTokenizer {
     tokenizer: Tokenizer,
     chat_template: Option<String>,
     /// Values the template may use: `bos_token`, `eos_token`…
-    special_tokens: Vec<(String, String)>,
+    special_tokens: SpecialTokens,
     folder: PathBuf,
 }
 
@@ -132,9 +132,12 @@ impl PromptTokenizer {
     }
 }
 
+/// Special tokens a chat template may refer to, as `(name, text)`: `("eos_token", "<|im_end|>")`.
+type SpecialTokens = Vec<(String, String)>;
+
 /// The chat template (from `chat_template.jinja`, else `tokenizer_config.json`) and the special
 /// tokens `tokenizer_config.json` names.
-fn read_template(folder: &Path) -> Result<(Option<String>, Vec<(String, String)>), PromptError> {
+fn read_template(folder: &Path) -> Result<(Option<String>, SpecialTokens), PromptError> {
     let mut template = None;
     let mut specials = Vec::new();
     let config_path = folder.join("tokenizer_config.json");
@@ -160,7 +163,10 @@ fn read_template(folder: &Path) -> Result<(Option<String>, Vec<(String, String)>
         for key in ["bos_token", "eos_token", "pad_token", "unk_token"] {
             let value = match config.get(key) {
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(obj) => obj.get("content").and_then(|c| c.as_str()).map(String::from),
+                Some(obj) => obj
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .map(String::from),
                 None => None,
             };
             if let Some(value) = value {
@@ -187,15 +193,18 @@ fn render_chat(
     prompt: &str,
     specials: &[(String, String)],
 ) -> Result<String, PromptError> {
-    use minijinja::{context, Environment, Error, ErrorKind, Value};
+    use minijinja::{Environment, Error, ErrorKind, Value};
 
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
-        Err(Error::new(ErrorKind::InvalidOperation, message))
-    });
+    env.add_function(
+        "raise_exception",
+        |message: String| -> Result<Value, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, message))
+        },
+    );
     env.add_template("chat", template)
         .map_err(|e| PromptError::Template(e.to_string()))?;
     let tmpl = env
@@ -210,7 +219,6 @@ fn render_chat(
         Value::from_serialize(vec![serde_json::json!({"role": "user", "content": prompt})]),
     );
     ctx.insert("add_generation_prompt".into(), Value::from(true));
-    let _ = context!();
     tmpl.render(Value::from_serialize(&ctx))
         .map_err(|e| PromptError::Template(e.to_string()))
 }
@@ -223,7 +231,10 @@ mod tests {
     fn renders_a_minimal_chatml_template() {
         let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
         let out = render_chat(template, "Hi", &[]).unwrap();
-        assert_eq!(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            out,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]

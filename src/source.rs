@@ -25,7 +25,9 @@ pub enum SourceError {
     #[error("--model {0}: GGUF files are not supported yet; convert it to a Hugging Face folder (config.json, model.safetensors, tokenizer.json)")]
     Gguf(PathBuf),
     /// Neither a path nor a hub id.
-    #[error("--model {0:?} is neither an existing folder nor a hub id like Qwen/Qwen2.5-1.5B-Instruct")]
+    #[error(
+        "--model {0:?} is neither an existing folder nor a hub id like Qwen/Qwen2.5-1.5B-Instruct"
+    )]
     Unrecognised(String),
     /// The hub could not be reached or refused a required file.
     #[error("--model {id}: cannot fetch {file} from the hub at {endpoint} ({message}); check the network or HF_ENDPOINT, or pass --model a local folder")]
@@ -70,7 +72,10 @@ pub fn resolve(model: &str, progress: &mut dyn Progress) -> Result<ModelFiles, S
             folder: path.to_path_buf(),
         });
     }
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         return Err(if path.is_file() {
             SourceError::Gguf(path.to_path_buf())
         } else {
@@ -113,7 +118,8 @@ struct HubProgress<'a> {
 impl hf_hub::api::Progress for HubProgress<'_> {
     fn init(&mut self, size: usize, filename: &str) {
         self.done = 0;
-        self.inner.start(&format!("downloading {filename}"), Some(size as u64));
+        self.inner
+            .start(&format!("downloading {filename}"), Some(size as u64));
     }
     fn update(&mut self, size: usize) {
         self.done += size as u64;
@@ -193,7 +199,11 @@ fn shard_names(index: &str) -> Vec<String> {
     let mut names: Vec<String> = value
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|m| {
+            m.values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names.dedup();

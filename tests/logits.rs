@@ -21,8 +21,14 @@ fn check_fixture(name: &str) {
     let model = Qwen2ForCausalLM::<TestBackend>::load(&config, &source, &device).unwrap();
     let tokenizer = PromptTokenizer::from_folder(&folder).unwrap();
     let reference = reference(name);
-    assert!(reference.cases.len() >= 6, "{name}: too few reference cases");
-    assert!(reference.cases.iter().any(|c| c.chat), "{name}: no chat case");
+    assert!(
+        reference.cases.len() >= 6,
+        "{name}: too few reference cases"
+    );
+    assert!(
+        reference.cases.iter().any(|c| c.chat),
+        "{name}: no chat case"
+    );
 
     for case in &reference.cases {
         let label = format!("{name} {:?} chat={}", case.prompt, case.chat);
@@ -45,7 +51,10 @@ fn check_fixture(name: &str) {
                 worst = worst.max((a - b).abs());
             }
         }
-        assert!(worst <= TOLERANCE, "{label}: max |logit difference| {worst}");
+        assert!(
+            worst <= TOLERANCE,
+            "{label}: max |logit difference| {worst}"
+        );
 
         // Asking for the last position alone gives the same row.
         let last = model.forward_last(ids).into_data().to_vec::<f32>().unwrap();

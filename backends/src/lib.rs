@@ -70,7 +70,9 @@ impl BackendKind {
     pub fn device_help(self) -> &'static str {
         match self {
             BackendKind::Cuda => "cuda:N (default cuda:0)",
-            BackendKind::Tch => "cpu, cuda:N or mps (default: cuda:0 if libtorch sees CUDA, else cpu)",
+            BackendKind::Tch => {
+                "cpu, cuda:N or mps (default: cuda:0 if libtorch sees CUDA, else cpu)"
+            }
             BackendKind::Metal | BackendKind::Vulkan | BackendKind::Wgpu => {
                 "default, discrete:N, integrated:N, virtual:N or cpu (default: default)"
             }
@@ -87,7 +89,10 @@ impl fmt::Display for BackendKind {
 
 /// The backends compiled into this binary, fastest first.
 pub fn compiled() -> Vec<BackendKind> {
-    BackendKind::ALL.into_iter().filter(|k| k.is_compiled()).collect()
+    BackendKind::ALL
+        .into_iter()
+        .filter(|k| k.is_compiled())
+        .collect()
 }
 
 /// A `--backend` or `--device` value that cannot be used.
@@ -113,7 +118,11 @@ pub enum BackendError {
 }
 
 fn names(kinds: &[BackendKind]) -> String {
-    kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+    kinds
+        .iter()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A validated choice of backend and device.
@@ -164,13 +173,17 @@ fn normalise_device(kind: BackendKind, device: Option<&str>) -> Result<String, B
         },
         BackendKind::Cuda => match given.as_deref() {
             None | Some("cuda") => Ok("cuda:0".into()),
-            Some(d) => indexed(d, "cuda").map(|i| format!("cuda:{i}")).ok_or_else(bad),
+            Some(d) => indexed(d, "cuda")
+                .map(|i| format!("cuda:{i}"))
+                .ok_or_else(bad),
         },
         BackendKind::Tch => match given.as_deref() {
             None => Ok(if tch_has_cuda() { "cuda:0" } else { "cpu" }.into()),
             Some("cpu") | Some("mps") => Ok(given.unwrap_or_default()),
             Some("cuda") => Ok("cuda:0".into()),
-            Some(d) => indexed(d, "cuda").map(|i| format!("cuda:{i}")).ok_or_else(bad),
+            Some(d) => indexed(d, "cuda")
+                .map(|i| format!("cuda:{i}"))
+                .ok_or_else(bad),
         },
         BackendKind::Metal | BackendKind::Vulkan | BackendKind::Wgpu => match given.as_deref() {
             None | Some("default") => Ok("default".into()),
@@ -229,7 +242,9 @@ pub fn run<J: BackendJob>(selection: &Selection, job: J) -> J::Output {
     let _ = device;
     match selection.kind {
         #[cfg(feature = "ndarray")]
-        BackendKind::Ndarray => job.run::<burn::backend::NdArray<f32>>(Default::default(), selection),
+        BackendKind::Ndarray => {
+            job.run::<burn::backend::NdArray<f32>>(Default::default(), selection)
+        }
         #[cfg(feature = "flex")]
         BackendKind::Flex => job.run::<burn::backend::Flex<f32>>(Default::default(), selection),
         #[cfg(feature = "wgpu")]
@@ -237,7 +252,9 @@ pub fn run<J: BackendJob>(selection: &Selection, job: J) -> J::Output {
         #[cfg(feature = "metal")]
         BackendKind::Metal => job.run::<burn::backend::Metal<f32>>(wgpu_device(device), selection),
         #[cfg(feature = "vulkan")]
-        BackendKind::Vulkan => job.run::<burn::backend::Vulkan<f32>>(wgpu_device(device), selection),
+        BackendKind::Vulkan => {
+            job.run::<burn::backend::Vulkan<f32>>(wgpu_device(device), selection)
+        }
         #[cfg(feature = "tch")]
         BackendKind::Tch => {
             use burn::backend::libtorch::LibTorchDevice;
@@ -291,8 +308,14 @@ mod tests {
 
     #[test]
     fn device_strings_are_normalised() {
-        assert_eq!(normalise_device(BackendKind::Cuda, Some("CUDA:1")).unwrap(), "cuda:1");
-        assert_eq!(normalise_device(BackendKind::Wgpu, Some("discrete:0")).unwrap(), "discrete:0");
+        assert_eq!(
+            normalise_device(BackendKind::Cuda, Some("CUDA:1")).unwrap(),
+            "cuda:1"
+        );
+        assert_eq!(
+            normalise_device(BackendKind::Wgpu, Some("discrete:0")).unwrap(),
+            "discrete:0"
+        );
         assert!(normalise_device(BackendKind::Wgpu, Some("gpu")).is_err());
         assert!(normalise_device(BackendKind::Tch, Some("cuda:x")).is_err());
     }

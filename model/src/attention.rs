@@ -64,7 +64,8 @@ impl<B: Backend> Attention<B> {
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let group = nh / nkv;
         // [batch, heads, seq, head_dim]
-        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, d]).swap_dims(1, 2);
+        let split =
+            |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, d]).swap_dims(1, 2);
         let q = rope.apply(split(self.q_proj.forward(x.clone()), nh));
         let k = rope.apply(split(self.k_proj.forward(x.clone()), nkv));
         let v = split(self.v_proj.forward(x), nkv);
@@ -73,7 +74,9 @@ impl<B: Backend> Attention<B> {
         // sequence axis, [batch, kv_heads, group·seq, head_dim], lets one batched matmul serve
         // the whole group without copying K and V `group` times.
         let q = q.reshape([batch, nkv, group * seq, d]);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(1.0 / (d as f64).sqrt());
         // [batch, heads, seq, seq] + the causal mask broadcast over batch and heads.
         let scores = scores.reshape([batch, nh, seq, seq]) + mask.clone().unsqueeze::<4>();
         let probs = softmax(scores, 3).reshape([batch, nkv, group * seq, seq]);

@@ -30,7 +30,11 @@ impl<B: Backend> DecoderLayer<B> {
     pub fn load(loader: &mut Loader<B>, layer: usize, c: &Qwen2Config) -> Result<Self, ModelError> {
         let p = format!("model.layers.{layer}");
         Ok(Self {
-            input_layernorm: loader.rms_norm(&format!("{p}.input_layernorm"), c.hidden_size, c.rms_norm_eps)?,
+            input_layernorm: loader.rms_norm(
+                &format!("{p}.input_layernorm"),
+                c.hidden_size,
+                c.rms_norm_eps,
+            )?,
             self_attn: Attention::load(loader, &format!("{p}.self_attn"), c)?,
             post_attention_layernorm: loader.rms_norm(
                 &format!("{p}.post_attention_layernorm"),
@@ -58,11 +62,19 @@ impl<B: Backend> DecoderLayer<B> {
         probe: &mut dyn Probe<B>,
     ) -> Tensor<B, 3> {
         let branch = probe.at(Site::AttnIn(layer), x.clone());
-        let attn = self.self_attn.forward(self.input_layernorm.forward(branch), rope, mask, layer, probe);
+        let attn = self.self_attn.forward(
+            self.input_layernorm.forward(branch),
+            rope,
+            mask,
+            layer,
+            probe,
+        );
         let x = x + probe.at(Site::AttnOut(layer), attn);
 
         let branch = probe.at(Site::MlpIn(layer), x.clone());
-        let mlp = self.mlp.forward(self.post_attention_layernorm.forward(branch));
+        let mlp = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(branch));
         x + probe.at(Site::MlpOut(layer), mlp)
     }
 }

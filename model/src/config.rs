@@ -111,7 +111,11 @@ impl Qwen2Config {
                 )));
             }
         }
-        if let Some(kind) = raw.rope_parameters.as_ref().and_then(|p| p.rope_type.as_deref()) {
+        if let Some(kind) = raw
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.rope_type.as_deref())
+        {
             if kind != "default" {
                 return Err(config_error(format!(
                     "rope_parameters.rope_type {kind:?} is not supported (only \"default\")"
@@ -157,20 +161,26 @@ impl Qwen2Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
-            return Err(format!("head dimension {} must be even for RoPE", self.head_dim()));
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(format!(
+                "head dimension {} must be even for RoPE",
+                self.head_dim()
+            ));
         }
         Ok(())
     }
@@ -194,8 +204,10 @@ mod tests {
 
     #[test]
     fn rope_theta_at_top_level() {
-        let c = parse(&format!(r#"{{"model_type": "qwen2", {BASE}, "rope_theta": 1000000.0}}"#))
-            .unwrap();
+        let c = parse(&format!(
+            r#"{{"model_type": "qwen2", {BASE}, "rope_theta": 1000000.0}}"#
+        ))
+        .unwrap();
         assert_eq!(c.rope_theta, 1e6);
         assert_eq!(c.head_dim(), 16);
         assert!(!c.tie_word_embeddings);
@@ -214,10 +226,10 @@ mod tests {
 
     #[test]
     fn defaults_follow_transformers() {
-        let c = parse(&format!(
-            r#"{{"model_type": "qwen2", "vocab_size": 10, "hidden_size": 8,
-                "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}}"#
-        ))
+        let c = parse(
+            r#"{"model_type": "qwen2", "vocab_size": 10, "hidden_size": 8,
+                "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}"#,
+        )
         .unwrap();
         assert_eq!(c.num_key_value_heads, 2);
         assert_eq!(c.rope_theta, 10000.0);
@@ -227,7 +239,9 @@ mod tests {
     #[test]
     fn other_model_types_are_refused() {
         let err = parse(&format!(r#"{{"model_type": "llama", {BASE}}}"#)).unwrap_err();
-        assert!(matches!(err, ModelError::UnsupportedModelType { ref found, .. } if found == "llama"));
+        assert!(
+            matches!(err, ModelError::UnsupportedModelType { ref found, .. } if found == "llama")
+        );
         assert!(err.to_string().contains("config.json"));
     }
 

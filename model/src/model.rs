@@ -85,7 +85,12 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
             },
             lm_head,
             config: c.clone(),
-            rope: Rope::new(c.head_dim(), c.rope_theta, c.max_position_embeddings, device),
+            rope: Rope::new(
+                c.head_dim(),
+                c.rope_theta,
+                c.max_position_embeddings,
+                device,
+            ),
         })
     }
 
@@ -117,8 +122,14 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     ) -> Tensor<B, 3> {
         let device = ids.device();
         let seq = ids.dims()[1];
-        assert!(seq <= self.rope.max_positions(), "sequence longer than the RoPE tables");
-        assert!(positions.iter().all(|&p| p < seq), "position beyond the sequence");
+        assert!(
+            seq <= self.rope.max_positions(),
+            "sequence longer than the RoPE tables"
+        );
+        assert!(
+            positions.iter().all(|&p| p < seq),
+            "position beyond the sequence"
+        );
 
         let mask = causal_mask::<B>(seq, &device);
         let mut x = probe.at(Site::Embed, self.model.embed_tokens.forward(ids));
@@ -128,7 +139,8 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         let x = probe.at(Site::FinalIn, x);
 
         let index: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [positions.len()]), &device);
+        let index =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(index, [positions.len()]), &device);
         // [batch, positions, hidden]: the final norm acts per position, so selecting first is exact.
         let selected = self.model.norm.forward(x.select(1, index));
         match &self.lm_head {
@@ -149,4 +161,206 @@ fn causal_mask<B: Backend>(seq: usize, device: &B::Device) -> Tensor<B, 2> {
         .map(|i| if i % seq > i / seq { f32::MIN } else { 0.0 })
         .collect();
     Tensor::from_data(TensorData::new(values, [seq, seq]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::probe::NoProbe;
+    use crate::TestBackend;
+
+    /// An in-memory checkpoint.
+    struct MapSource(BTreeMap<String, (Vec<usize>, Vec<f32>)>);
+
+    impl WeightSource for MapSource {
+        fn names(&self) -> Vec<String> {
+            self.0.keys().cloned().collect()
+        }
+        fn shape(&self, name: &str) -> Option<Vec<usize>> {
+            self.0.get(name).map(|(s, _)| s.clone())
+        }
+        fn read_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+            Ok(self.0[name].1.clone())
+        }
+    }
+
+    fn config(tied: bool) -> Qwen2Config {
+        Qwen2Config {
+            vocab_size: 11,
+            hidden_size: 8,
+            intermediate_size: 12,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            max_position_embeddings: 16,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            tie_word_embeddings: tied,
+        }
+    }
+
+    /// Every tensor a checkpoint of `c` has, filled with a deterministic pattern.
+    fn checkpoint(c: &Qwen2Config) -> MapSource {
+        let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let kv = c.num_key_value_heads * c.head_dim();
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("model.embed_tokens.weight".into(), vec![v, h]),
+            ("model.norm.weight".into(), vec![h]),
+        ];
+        if !c.tie_word_embeddings {
+            shapes.push(("lm_head.weight".into(), vec![v, h]));
+        }
+        for l in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            shapes.extend([
+                (format!("{p}.input_layernorm.weight"), vec![h]),
+                (format!("{p}.post_attention_layernorm.weight"), vec![h]),
+                (format!("{p}.self_attn.q_proj.weight"), vec![h, h]),
+                (format!("{p}.self_attn.q_proj.bias"), vec![h]),
+                (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
+                (format!("{p}.self_attn.k_proj.bias"), vec![kv]),
+                (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
+                (format!("{p}.self_attn.v_proj.bias"), vec![kv]),
+                (format!("{p}.self_attn.o_proj.weight"), vec![h, h]),
+                (format!("{p}.mlp.gate_proj.weight"), vec![i, h]),
+                (format!("{p}.mlp.up_proj.weight"), vec![i, h]),
+                (format!("{p}.mlp.down_proj.weight"), vec![h, i]),
+            ]);
+        }
+        let mut seed = 0u32;
+        MapSource(
+            shapes
+                .into_iter()
+                .map(|(name, shape)| {
+                    let n: usize = shape.iter().product();
+                    let values = (0..n)
+                        .map(|_| {
+                            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                        })
+                        .collect();
+                    (name, (shape, values))
+                })
+                .collect(),
+        )
+    }
+
+    fn ids(values: &[i64]) -> Tensor<TestBackend, 2, Int> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [1, values.len()]),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn loads_tied_and_untied() {
+        for tied in [true, false] {
+            let c = config(tied);
+            let model =
+                Qwen2ForCausalLM::<TestBackend>::load(&c, &checkpoint(&c), &Default::default())
+                    .unwrap();
+            assert_eq!(model.lm_head.is_none(), tied);
+            assert_eq!(model.forward_last(ids(&[1, 2, 3])).dims(), [1, 11]);
+        }
+    }
+
+    #[test]
+    fn missing_unused_and_misshapen_tensors_are_named() {
+        let c = config(false);
+        let device = Default::default();
+        let mut source = checkpoint(&c);
+        source.0.remove("model.layers.1.mlp.up_proj.weight");
+        let err = Qwen2ForCausalLM::<TestBackend>::load(&c, &source, &device).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("model.layers.1.mlp.up_proj.weight"),
+            "{err}"
+        );
+
+        let mut source = checkpoint(&c);
+        source.0.insert(
+            "model.layers.2.mlp.up_proj.weight".into(),
+            (vec![1], vec![0.0]),
+        );
+        let err = Qwen2ForCausalLM::<TestBackend>::load(&c, &source, &device).unwrap_err();
+        assert!(
+            matches!(err, ModelError::UnusedTensors { ref names } if names == &["model.layers.2.mlp.up_proj.weight"])
+        );
+
+        let mut source = checkpoint(&c);
+        source.0.get_mut("model.norm.weight").unwrap().0 = vec![7];
+        let err = Qwen2ForCausalLM::<TestBackend>::load(&c, &source, &device).unwrap_err();
+        assert!(
+            matches!(err, ModelError::ShapeMismatch { ref name, .. } if name == "model.norm.weight"),
+            "{err}"
+        );
+    }
+
+    /// Records the sites visited and zeroes one of them.
+    struct Recorder {
+        seen: Vec<(Site, [usize; 3])>,
+        zero: Option<Site>,
+    }
+
+    impl Probe<TestBackend> for Recorder {
+        fn at(&mut self, site: Site, x: Tensor<TestBackend, 3>) -> Tensor<TestBackend, 3> {
+            self.seen.push((site, x.dims()));
+            if self.zero == Some(site) {
+                x.zeros_like()
+            } else {
+                x
+            }
+        }
+    }
+
+    #[test]
+    fn the_probe_sees_every_site_once_in_order_and_can_change_it() {
+        let c = config(true);
+        let model = Qwen2ForCausalLM::<TestBackend>::load(&c, &checkpoint(&c), &Default::default())
+            .unwrap();
+        let mut recorder = Recorder {
+            seen: vec![],
+            zero: None,
+        };
+        let plain = model.forward(ids(&[4, 5, 6]), &[2], &mut recorder);
+        let sites: Vec<Site> = recorder.seen.iter().map(|(s, _)| *s).collect();
+        assert_eq!(sites, Site::all(2));
+        assert!(recorder.seen.iter().all(|(_, dims)| *dims == [1, 3, 8]));
+
+        let untouched = model.forward(ids(&[4, 5, 6]), &[2], &mut NoProbe);
+        assert_eq!(plain.to_data(), untouched.to_data());
+
+        // Zeroing the last MLP's output changes the logits; zeroing its input branch too.
+        for site in [Site::MlpOut(1), Site::MlpIn(1)] {
+            let mut ablate = Recorder {
+                seen: vec![],
+                zero: Some(site),
+            };
+            let changed = model.forward(ids(&[4, 5, 6]), &[2], &mut ablate);
+            let diff: f32 = (changed - plain.clone()).abs().sum().into_scalar();
+            assert!(diff > 1e-4, "{site}: no effect");
+        }
+    }
+
+    #[test]
+    fn causality_later_tokens_do_not_change_earlier_logits() {
+        let c = config(false);
+        let model = Qwen2ForCausalLM::<TestBackend>::load(&c, &checkpoint(&c), &Default::default())
+            .unwrap();
+        let short = model
+            .forward(ids(&[1, 2]), &[1], &mut NoProbe)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let long = model
+            .forward(ids(&[1, 2, 9, 3]), &[1], &mut NoProbe)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        for (a, b) in short.iter().zip(&long) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
 }

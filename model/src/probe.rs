@@ -163,7 +163,16 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused() {
-        for bad in ["", "L", "L_Attn", "Lx_MLP", "L1_Foo", "L-1_MLP", "embedding", "L1MLP"] {
+        for bad in [
+            "",
+            "L",
+            "L_Attn",
+            "Lx_MLP",
+            "L1_Foo",
+            "L-1_MLP",
+            "embedding",
+            "L1MLP",
+        ] {
             assert!(bad.parse::<Site>().is_err(), "{bad:?} parsed");
         }
     }

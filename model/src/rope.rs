@@ -82,10 +82,12 @@ mod tests {
         let values: Vec<f32> = (0..2 * 3 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
         let x = Tensor::<TestBackend, 4>::from_data(TensorData::new(values, [1, 2, 3, 8]), &device);
         let y = rope.apply(x.clone());
-        let first = |t: Tensor<TestBackend, 4>| t.narrow(2, 0, 1).into_data().to_vec::<f32>().unwrap();
+        let first =
+            |t: Tensor<TestBackend, 4>| t.narrow(2, 0, 1).into_data().to_vec::<f32>().unwrap();
         assert_eq!(first(x.clone()), first(y.clone()));
         // Rotation keeps the norm of each (x_i, x_{i+d/2}) pair, hence of each vector.
-        let norms = |t: Tensor<TestBackend, 4>| t.square().sum_dim(3).into_data().to_vec::<f32>().unwrap();
+        let norms =
+            |t: Tensor<TestBackend, 4>| t.square().sum_dim(3).into_data().to_vec::<f32>().unwrap();
         for (a, b) in norms(x).iter().zip(norms(y)) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
@@ -97,7 +99,10 @@ mod tests {
         let rope = Rope::<TestBackend>::new(4, 1.0, 4, &device);
         // theta = 1: every frequency is 1, so position 1 rotates each pair by 1 radian.
         let x = Tensor::<TestBackend, 4>::from_data(
-            TensorData::new(vec![0.0f32, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [1, 1, 2, 4]),
+            TensorData::new(
+                vec![0.0f32, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+                [1, 1, 2, 4],
+            ),
             &device,
         );
         let y = rope.apply(x).into_data().to_vec::<f32>().unwrap();

@@ -129,7 +129,12 @@ impl<'a, B: Backend> Loader<'a, B> {
     }
 
     /// An `RmsNorm` from `{prefix}.weight` (burn calls it `gamma`).
-    pub fn rms_norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<RmsNorm<B>, ModelError> {
+    pub fn rms_norm(
+        &mut self,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<RmsNorm<B>, ModelError> {
         Ok(RmsNorm {
             gamma: self.vector(&format!("{prefix}.weight"), dim)?,
             epsilon: eps,
