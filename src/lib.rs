@@ -4,7 +4,9 @@
 //! [`prompt`] turns text into token ids, [`predict`] runs the model on a backend chosen at run
 //! time. The library never prints; progress goes through [`progress::Progress`].
 
+pub mod attribution;
 pub mod cli;
+pub mod graph;
 pub mod predict;
 pub mod progress;
 pub mod prompt;

@@ -1,7 +1,7 @@
 //! One decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 
+use crate::norm::RmsNorm;
 use burn::module::Module;
-use burn::nn::RmsNorm;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::attention::Attention;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod load;
 pub mod mlp;
 pub mod model;
+pub mod norm;
 pub mod probe;
 pub mod rope;
 

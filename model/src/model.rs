@@ -1,8 +1,9 @@
 //! The whole model: `Qwen2Model` (embedding, layers, final norm) and `Qwen2ForCausalLM`,
 //! which adds the LM head and evaluates it only at the positions asked for.
 
+use crate::norm::RmsNorm;
 use burn::module::Module;
-use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::nn::{Embedding, Linear};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::block::DecoderLayer;

@@ -6,7 +6,9 @@ pub mod safetensors;
 use std::collections::BTreeSet;
 
 use burn::module::{Param, ParamId};
-use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::nn::{Embedding, Linear};
+
+use crate::norm::RmsNorm;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use crate::error::ModelError;
@@ -128,7 +130,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         })
     }
 
-    /// An `RmsNorm` from `{prefix}.weight` (burn calls it `gamma`).
+    /// An `RmsNorm` from `{prefix}.weight`.
     pub fn rms_norm(
         &mut self,
         prefix: &str,
@@ -136,8 +138,8 @@ impl<'a, B: Backend> Loader<'a, B> {
         eps: f64,
     ) -> Result<RmsNorm<B>, ModelError> {
         Ok(RmsNorm {
-            gamma: self.vector(&format!("{prefix}.weight"), dim)?,
-            epsilon: eps,
+            weight: self.vector(&format!("{prefix}.weight"), dim)?,
+            eps,
         })
     }
 

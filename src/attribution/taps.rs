@@ -1,0 +1,45 @@
+//! Zero taps: the probe that makes activations differentiable.
+//!
+//! burn keeps gradients only for leaves, so the gradient at an intermediate activation `a`
+//! cannot be asked for directly. At every site the probe returns `a + z`, with `z` a zero leaf
+//! that requires grad: the forward is unchanged, and after `backward` the gradient of `z` is
+//! exactly d(target)/d(a).
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+
+use crate::model::{Probe, Site};
+
+/// One tapped site: the activation's value and the zero leaf added to it.
+pub struct Tap<B: AutodiffBackend> {
+    /// Where.
+    pub site: Site,
+    /// The activation, outside the autodiff graph. `[batch, seq, width]`.
+    pub activation: Tensor<B::InnerBackend, 3>,
+    /// The zero leaf whose gradient is d(target)/d(activation).
+    pub zero: Tensor<B, 3>,
+}
+
+/// A probe that taps every site it is called at.
+pub struct Taps<B: AutodiffBackend> {
+    /// The taps, in the order the forward visited them.
+    pub taps: Vec<Tap<B>>,
+}
+
+impl<B: AutodiffBackend> Default for Taps<B> {
+    fn default() -> Self {
+        Self { taps: Vec::new() }
+    }
+}
+
+impl<B: AutodiffBackend> Probe<B> for Taps<B> {
+    fn at(&mut self, site: Site, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let zero = Tensor::<B, 3>::zeros(x.dims(), &x.device()).require_grad();
+        self.taps.push(Tap {
+            site,
+            activation: x.clone().inner(),
+            zero: zero.clone(),
+        });
+        x + zero
+    }
+}

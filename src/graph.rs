@@ -1,0 +1,99 @@
+//! The attribution graph as data: what the JSON holds and what every view draws from.
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of component a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// The token embedding.
+    Embeddings,
+    /// A layer's self-attention output.
+    Attn,
+    /// A layer's MLP output.
+    Mlp,
+}
+
+/// One component and its Grad×Activation scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Stable name: `embeddings`, `L{i}_Attn`, `L{i}_MLP`.
+    pub id: String,
+    /// What the node is.
+    pub kind: NodeKind,
+    /// Its layer (`None` for the embeddings).
+    pub layer: Option<usize>,
+    /// `‖g ⊙ a‖₂` over the node's whole output (all positions and dims).
+    pub score: f64,
+    /// `Σ g ⊙ a`: the first-order estimate of the target's change if the output were zeroed
+    /// (with the sign flipped).
+    pub signed: f64,
+    /// `‖g ⊙ a‖₂` over the hidden dim at each token position.
+    pub per_position: Vec<f64>,
+}
+
+/// Seconds spent in each phase of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Finding and loading the model (config, weights).
+    pub load_s: f64,
+    /// Tokenizing the prompt.
+    pub tokenize_s: f64,
+    /// The forward pass with the taps.
+    pub forward_s: f64,
+    /// The backward pass.
+    pub backward_s: f64,
+    /// Reducing gradients and activations to scores.
+    pub scores_s: f64,
+    /// Writing the SVG and PNG.
+    pub render_s: f64,
+}
+
+/// A whole attribution run: `attribution.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attribution {
+    /// The `--model` the run used.
+    pub model: String,
+    /// The prompt as given.
+    pub prompt: String,
+    /// Whether the chat template wrapped it.
+    pub chat: bool,
+    /// Token ids the model saw.
+    pub input_ids: Vec<u32>,
+    /// Those tokens' text.
+    pub tokens: Vec<String>,
+    /// The argmax next token at the last position.
+    pub predicted_id: u32,
+    /// Its text.
+    pub predicted_token: String,
+    /// The token whose logit is the target (the prediction unless `--target` chose another).
+    pub target_id: u32,
+    /// Its text.
+    pub target_token: String,
+    /// The target logit.
+    pub target_logit: f64,
+    /// The attribution method.
+    pub method: String,
+    /// Backend name.
+    pub backend: String,
+    /// Device.
+    pub device: String,
+    /// Compute dtype.
+    pub dtype: String,
+    /// How long each phase took.
+    pub timings: Timings,
+    /// Every node in pathway order: `embeddings`, `L0_Attn`, `L0_MLP`, `L1_Attn`, …
+    pub nodes: Vec<Node>,
+}
+
+impl Attribution {
+    /// The largest node score (the scale of colour and edge widths).
+    pub fn max_score(&self) -> f64 {
+        self.nodes.iter().map(|n| n.score).fold(0.0, f64::max)
+    }
+
+    /// The node with the given id.
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
