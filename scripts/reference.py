@@ -5,15 +5,17 @@ Everything runs in float32 on the CPU with eager attention. For each prompt the
 output records the tokenization, the logits (all positions and the full
 vocabulary with `--logits full`, or only the top 20 at the last position with
 `--logits top20`), the top 5 next tokens, and a Grad x Activation attribution
-of the argmax logit at the last position onto the embeddings and onto the
-output of every attention block (after o_proj, before the residual add) and
-every MLP block.
+of one logit at the last position (the argmax, or token N with `--target-id N`)
+onto the embeddings and onto the output of every attention block (after
+o_proj, before the residual add) and every MLP block. Each case records
+`predicted_id` (the argmax at the last position), `target_id` (the attributed
+token) and `target_logit`.
 
 Usable as a module (`load_model`, `compute_case`, `build_reference`,
 `write_reference`) or from the command line:
 
     reference.py MODEL_DIR OUT_JSON --name NAME [--logits full|top20]
-        [--prompt TEXT ...] [--chat-prompt TEXT ...]
+        [--prompt TEXT ...] [--chat-prompt TEXT ...] [--target-id N]
 """
 import argparse
 import json
@@ -74,7 +76,8 @@ def node_names(num_layers):
     return names
 
 
-def compute_case(model, tokenizer, prompt, chat=False, logits="full"):
+def compute_case(model, tokenizer, prompt, chat=False, logits="full", target_id=None):
+    """target_id: token whose last-position logit is attributed (None: the argmax)."""
     text, ids = encode(tokenizer, prompt, chat)
     if not ids:
         raise ValueError(f"prompt {prompt!r} tokenizes to nothing")
@@ -107,7 +110,13 @@ def compute_case(model, tokenizer, prompt, chat=False, logits="full"):
         out = model(input_ids=input_ids, use_cache=False)
         all_logits = out.logits[0].to(torch.float32)  # [seq, vocab]
         last = all_logits[-1]
-        target = int(torch.argmax(last).item())
+        predicted = int(torch.argmax(last).item())
+        if target_id is None:
+            target = predicted
+        else:
+            target = int(target_id)
+            if not 0 <= target < last.shape[0]:
+                raise ValueError(f"target id {target} is outside the vocabulary (size {last.shape[0]})")
         model.zero_grad(set_to_none=True)
         last[target].backward()
     finally:
@@ -149,6 +158,9 @@ def compute_case(model, tokenizer, prompt, chat=False, logits="full"):
         "input_ids": ids,
         "tokens": tokenizer.convert_ids_to_tokens(ids),
         "text": text,
+        "predicted_id": predicted,
+        "target_id": target,
+        "target_logit": f32(last[target]),
     }
     if logits == "full":
         case["logits"] = [f32_list(row) for row in all_logits.detach()]
@@ -164,12 +176,18 @@ def compute_case(model, tokenizer, prompt, chat=False, logits="full"):
     return case
 
 
-def build_reference(model_dir, name, cases, logits="full", generated_by="scripts/reference.py"):
-    """cases: list of (prompt, chat) pairs."""
+def build_reference(model_dir, name, cases, logits="full", generated_by="scripts/reference.py", target_id=None):
+    """cases: list of (prompt, chat) pairs or (prompt, chat, target_id) triples;
+    target_id (per case, else the argument, else None) picks the attributed
+    token, None meaning the argmax at the last position."""
     torch.manual_seed(0)
     model, tokenizer = load_model(model_dir)
     with torch.enable_grad():
-        results = [compute_case(model, tokenizer, p, c, logits) for p, c in cases]
+        results = []
+        for case in cases:
+            prompt, chat = case[0], case[1]
+            tid = case[2] if len(case) > 2 and case[2] is not None else target_id
+            results.append(compute_case(model, tokenizer, prompt, chat, logits, tid))
     return {
         "model": name,
         "generated_by": generated_by,
@@ -194,6 +212,8 @@ def main(argv=None):
     p.add_argument("--logits", choices=["full", "top20"], default="full")
     p.add_argument("--prompt", action="append", default=[], help="plain prompt (repeatable)")
     p.add_argument("--chat-prompt", action="append", default=[], help="prompt wrapped in the chat template (repeatable)")
+    p.add_argument("--target-id", type=int, metavar="N",
+                   help="attribute the logit of token N at the last position of every case (default: the argmax)")
     p.add_argument("--generated-by", default="scripts/reference.py")
     args = p.parse_args(argv)
 
@@ -201,11 +221,12 @@ def main(argv=None):
     if not cases:
         p.error("give at least one --prompt or --chat-prompt")
     name = args.name or os.path.basename(os.path.normpath(args.model_dir))
-    ref = build_reference(args.model_dir, name, cases, args.logits, args.generated_by)
+    ref = build_reference(args.model_dir, name, cases, args.logits, args.generated_by, args.target_id)
     write_reference(ref, args.out_json)
     for c in ref["cases"]:
         top = ", ".join(f"{t['id']}:{t['token']!r}:{t['logit']:.4f}" for t in c["top5"])
-        print(f"{c['prompt']!r} ({len(c['input_ids'])} tokens) top5: {top}")
+        print(f"{c['prompt']!r} chat={c['chat']} ({len(c['input_ids'])} tokens) top5: {top}")
+        print(f"  predicted_id={c['predicted_id']} target_id={c['target_id']} target_logit={c['target_logit']:.4f}")
     print(f"wrote {args.out_json}")
 
 
