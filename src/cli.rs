@@ -1,23 +1,67 @@
 //! Command-line arguments (clap), validated before any slow work starts.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::source::DEFAULT_MODEL;
 
 /// Attribution graphs of Qwen2 language models.
+///
+/// Without a subcommand, attributes the next-token prediction (as `attrib attribute`).
 #[derive(Debug, Parser)]
-#[command(name = "attrib", version, about)]
+#[command(
+    name = "attrib",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
-    /// What to do.
+    /// What to do (default: attribute).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// The arguments of `attribute`, when no subcommand is given.
+    #[command(flatten)]
+    pub attribute: AttributeArgs,
+}
+
+impl Cli {
+    /// The command to run, `attribute` when none was named.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Attribute(self.attribute))
+    }
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Attribute the next-token logit to the embeddings and every attention and MLP sublayer
+    /// (Grad×Activation); write attribution.json, graph.svg and graph.png.
+    Attribute(AttributeArgs),
     /// Print the most likely next tokens after a prompt.
     Predict(PredictArgs),
+}
+
+/// `attrib attribute` (and `attrib` alone).
+#[derive(Debug, Args)]
+pub struct AttributeArgs {
+    /// Model, prompt and backend.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Attribute the logit of this token (text that is exactly one token, e.g. " Paris")
+    /// instead of the predicted one.
+    #[arg(long, conflicts_with = "target_id")]
+    pub target: Option<String>,
+    /// Attribute the logit of this token id instead of the predicted one.
+    #[arg(long)]
+    pub target_id: Option<u32>,
+    /// Folder for attribution.json, graph.svg and graph.png (created if missing).
+    #[arg(long, default_value = "attrib-out")]
+    pub out: PathBuf,
+    /// Print attribution.json on stdout instead of the score table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which model, prompt and backend.
@@ -27,8 +71,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
     /// The text to run the model on.
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(long, required = true)]
+    pub prompt: Option<String>,
     /// Wrap the prompt in the model's chat template as one user message.
     #[arg(long)]
     pub chat: bool,
@@ -38,6 +82,13 @@ pub struct ModelArgs {
     /// Device of the backend (cpu, cuda:N, discrete:N…).
     #[arg(long)]
     pub device: Option<String>,
+}
+
+impl ModelArgs {
+    /// The prompt (clap makes `--prompt` required wherever these arguments are used).
+    pub fn prompt(&self) -> &str {
+        self.prompt.as_deref().unwrap_or_default()
+    }
 }
 
 /// `attrib predict`.

@@ -2,14 +2,20 @@
 //!
 //! The binary is glue over this library: [`source`] finds a model's files (folder or hub),
 //! [`prompt`] turns text into token ids, [`predict`] runs the model on a backend chosen at run
-//! time. The library never prints; progress goes through [`progress::Progress`].
+//! time, [`attribution`] computes Grad×Activation scores into a [`graph::Attribution`], which
+//! [`report`] and [`render`] present and [`app`] writes to files. The library never prints;
+//! progress goes through [`progress::Progress`].
 
+pub mod app;
 pub mod attribution;
 pub mod cli;
 pub mod graph;
+pub mod output;
 pub mod predict;
 pub mod progress;
 pub mod prompt;
+pub mod render;
+pub mod report;
 pub mod source;
 
 pub use attrib_backends as backends;

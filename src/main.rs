@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use attrib::backends::Selection;
-use attrib::cli::{Cli, Command, PredictArgs};
+use attrib::cli::{AttributeArgs, Cli, Command, PredictArgs};
 use attrib::model::Qwen2Config;
 use attrib::predict::{last_logits, top_k, TopToken};
 use attrib::progress::Progress;
@@ -28,9 +28,29 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    match cli.into_command() {
+        Command::Attribute(args) => attribute(args),
         Command::Predict(args) => predict(args),
     }
+}
+
+fn attribute(args: AttributeArgs) -> anyhow::Result<()> {
+    let mut bar = Bar(None);
+    let graph = attrib::app::attribute_command(&args, &mut bar, &mut |line| eprintln!("{line}"))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &graph)?;
+        writeln!(out)?;
+    } else {
+        eprintln!();
+        eprintln!(
+            "{:?} → {:?} (logit {:.4})",
+            graph.prompt, graph.target_token, graph.target_logit
+        );
+        write!(out, "{}", attrib::report::score_table(&graph))?;
+    }
+    eprintln!("{}", attrib::report::timing_line(&graph.timings));
+    Ok(())
 }
 
 /// Draws progress on stderr (hidden when stderr is not a terminal).
@@ -82,7 +102,7 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let files = source::resolve(&m.model, &mut bar)?;
     let config = Qwen2Config::from_file(&files.config())?;
     let tokenizer = PromptTokenizer::from_folder(&files.folder)?;
-    let encoded = tokenizer.encode(&m.prompt, m.chat)?;
+    let encoded = tokenizer.encode(m.prompt(), m.chat)?;
     if encoded.ids.len() > config.max_position_embeddings {
         anyhow::bail!(
             "--prompt is {} tokens long, but {} takes at most max_position_embeddings = {}; shorten it",
@@ -110,7 +130,7 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
             model: &files.name,
             backend: selection.kind.to_string(),
             device: &selection.device,
-            prompt: &m.prompt,
+            prompt: m.prompt(),
             chat: m.chat,
             text: &encoded.text,
             input_ids: &encoded.ids,

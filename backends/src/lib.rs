@@ -9,6 +9,9 @@ use std::fmt;
 
 use burn::tensor::backend::Backend;
 
+/// The burn release this crate is built against (pinned with `=` in the workspace manifest).
+pub const BURN_VERSION: &str = "0.21.0";
+
 /// A backend attrib knows about, compiled in or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {

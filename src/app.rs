@@ -1,0 +1,206 @@
+//! The attribution run, from validated arguments to the files in `--out`: shared by the binary
+//! and `examples/seed.rs`. Human-readable progress goes to a `say` callback; nothing prints.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::attribution::{self, Event, Outcome, Request, Target};
+use crate::backends::{Selection, BURN_VERSION};
+use crate::cli::AttributeArgs;
+use crate::graph::{Attribution, Node, NodeKind};
+use crate::model::{Qwen2Config, Site};
+use crate::output::{prepare_dir, write_atomic};
+use crate::progress::Progress;
+use crate::prompt::PromptTokenizer;
+use crate::{render, source};
+
+/// Runs Grad×Activation attribution as `args` asks and writes `attribution.json`,
+/// `graph.svg` and `graph.png` into `args.out`.
+///
+/// Everything a user can get wrong (backend, output folder, model, prompt, target) is checked
+/// before the weights are loaded.
+pub fn attribute_command(
+    args: &AttributeArgs,
+    progress: &mut dyn Progress,
+    say: &mut dyn FnMut(String),
+) -> anyhow::Result<Attribution> {
+    let m = &args.model;
+    let selection = Selection::parse(m.backend.as_deref(), m.device.as_deref())?;
+    say(format!(
+        "Backend: {} (device {}), dtype f32, burn {BURN_VERSION}",
+        selection.kind, selection.device
+    ));
+    prepare_dir(&args.out)?;
+
+    let started = Instant::now();
+    let files = source::resolve(&m.model, progress)?;
+    let config = Qwen2Config::from_file(&files.config())?;
+    let tokenizer = PromptTokenizer::from_folder(&files.folder)?;
+    let resolve_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let encoded = tokenizer.encode(m.prompt(), m.chat)?;
+    let tokenize_s = started.elapsed().as_secs_f64();
+    if encoded.ids.len() > config.max_position_embeddings {
+        bail!(
+            "--prompt is {} tokens long, but {} takes at most max_position_embeddings = {}; shorten it",
+            encoded.ids.len(),
+            files.name,
+            config.max_position_embeddings
+        );
+    }
+    let target = target_of(args, &tokenizer, &config)?;
+
+    say(format!(
+        "Loading {} ({} layers, hidden {}) …",
+        files.name, config.num_hidden_layers, config.hidden_size
+    ));
+    let request = Request {
+        files: &files,
+        config: &config,
+        ids: &encoded.ids,
+        target,
+    };
+    let mut on_event = |event: Event| {
+        say(match event {
+            Event::Loaded { seconds } => format!("Model loaded ({seconds:.2} s)"),
+            Event::TapsRegistered { taps, nodes } => format!(
+                "Registered {taps} taps ({nodes} nodes: embeddings, {} attention and {} MLP outputs; the rest feed edges)",
+                config.num_hidden_layers, config.num_hidden_layers
+            ),
+            Event::Forward {
+                predicted_id,
+                seconds,
+            } => format!(
+                "Forward pass done ({seconds:.2} s): predicted {:?} (id {predicted_id})",
+                tokenizer.token_text(predicted_id)
+            ),
+            Event::Backward { seconds } => format!("Backward pass done ({seconds:.2} s)"),
+        })
+    };
+    let outcome = attribution::attribute(&selection, &request, progress, &mut on_event)?;
+    let t = &outcome.timings;
+    say(format!(
+        "Attribution calculation finished ({:.2} s)",
+        t.forward_s + t.backward_s + t.scores_s
+    ));
+
+    let mut graph = to_graph(&files.name, args, &selection, &encoded, &tokenizer, outcome);
+    graph.timings.load_s += resolve_s;
+    graph.timings.tokenize_s = tokenize_s;
+
+    let started = Instant::now();
+    let svg = render::pathway_svg(&graph);
+    let png = render::svg_to_png(&svg).context("rendering graph.png")?;
+    graph.timings.render_s = started.elapsed().as_secs_f64();
+    let json = serde_json::to_string_pretty(&graph)? + "\n";
+    write_atomic(&args.out.join("graph.svg"), svg.as_bytes())?;
+    write_atomic(&args.out.join("graph.png"), &png)?;
+    write_atomic(&args.out.join("attribution.json"), json.as_bytes())?;
+    say(format!(
+        "Wrote {}, graph.svg and graph.png",
+        args.out.join("attribution.json").display()
+    ));
+    Ok(graph)
+}
+
+/// The target `--target` / `--target-id` name, checked against the tokenizer and vocabulary.
+fn target_of(
+    args: &AttributeArgs,
+    tokenizer: &PromptTokenizer,
+    config: &Qwen2Config,
+) -> anyhow::Result<Target> {
+    if let Some(text) = &args.target {
+        let encoding = tokenizer
+            .tokenizer()
+            .encode(text.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("--target {text:?}: cannot tokenize it ({e})"))?;
+        let ids = encoding.get_ids();
+        if ids.len() != 1 {
+            let pieces: Vec<String> = ids
+                .iter()
+                .map(|&id| format!("{:?} (id {id})", tokenizer.token_text(id)))
+                .collect();
+            bail!(
+                "--target {text:?} is {} tokens, not one: {}; pass a single token's text or --target-id",
+                ids.len(),
+                if pieces.is_empty() { "nothing".to_string() } else { pieces.join(", ") }
+            );
+        }
+        return Ok(Target::Id(ids[0]));
+    }
+    if let Some(id) = args.target_id {
+        if id as usize >= config.vocab_size {
+            bail!(
+                "--target-id {id} is outside the vocabulary (0..{})",
+                config.vocab_size
+            );
+        }
+        return Ok(Target::Id(id));
+    }
+    Ok(Target::Predicted)
+}
+
+/// Attaches names and token texts to an outcome.
+fn to_graph(
+    model: &str,
+    args: &AttributeArgs,
+    selection: &Selection,
+    encoded: &crate::prompt::Encoded,
+    tokenizer: &PromptTokenizer,
+    outcome: Outcome,
+) -> Attribution {
+    let nodes = outcome
+        .nodes
+        .into_iter()
+        .map(|(site, s)| {
+            let (kind, layer) = match site {
+                Site::Embed => (NodeKind::Embeddings, None),
+                Site::AttnOut(l) => (NodeKind::Attn, Some(l)),
+                _ => (NodeKind::Mlp, site_layer(site)),
+            };
+            Node {
+                id: site.to_string(),
+                kind,
+                layer,
+                score: s.score,
+                signed: s.signed,
+                per_position: s.per_position,
+            }
+        })
+        .collect();
+    Attribution {
+        model: model.to_string(),
+        prompt: args.model.prompt().to_string(),
+        chat: args.model.chat,
+        input_ids: encoded.ids.clone(),
+        tokens: encoded
+            .ids
+            .iter()
+            .map(|&id| tokenizer.token_text(id))
+            .collect(),
+        predicted_id: outcome.predicted_id,
+        predicted_token: tokenizer.token_text(outcome.predicted_id),
+        target_id: outcome.target_id,
+        target_token: tokenizer.token_text(outcome.target_id),
+        target_logit: outcome.target_logit,
+        method: "grad_x_activation".into(),
+        backend: selection.kind.to_string(),
+        device: selection.device.clone(),
+        dtype: "f32".into(),
+        timings: outcome.timings,
+        nodes,
+    }
+}
+
+fn site_layer(site: Site) -> Option<usize> {
+    match site {
+        Site::AttnIn(l)
+        | Site::HeadOut(l)
+        | Site::AttnOut(l)
+        | Site::MlpIn(l)
+        | Site::MlpOut(l) => Some(l),
+        Site::Embed | Site::FinalIn => None,
+    }
+}

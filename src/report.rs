@@ -1,0 +1,83 @@
+//! The terminal view: the score table and the timing line.
+
+use std::fmt::Write;
+
+use crate::graph::{Attribution, Timings};
+
+/// Width of the bar that shows each score relative to the largest.
+const BAR: usize = 24;
+
+/// The node scores in pathway order, aligned, 4 decimals, with a bar scaled to the largest.
+pub fn score_table(a: &Attribution) -> String {
+    let width = a.nodes.iter().map(|n| n.id.len()).max().unwrap_or(4).max(4);
+    let max = a.max_score();
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<width$}  {:>10}  {:>10}", "node", "score", "signed");
+    for n in &a.nodes {
+        let filled = if max > 0.0 {
+            ((n.score / max) * BAR as f64).round() as usize
+        } else {
+            0
+        };
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>10.4}  {:>10.4}  {}",
+            n.id,
+            n.score,
+            n.signed,
+            "█".repeat(filled)
+        );
+    }
+    out
+}
+
+/// `load 1.20 s · tokenize 0.00 s · forward …`.
+pub fn timing_line(t: &Timings) -> String {
+    format!(
+        "load {:.2} s · tokenize {:.3} s · forward {:.2} s · backward {:.2} s · scores {:.2} s · render {:.2} s",
+        t.load_s, t.tokenize_s, t.forward_s, t.backward_s, t.scores_s, t.render_s
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Node, NodeKind};
+
+    #[test]
+    fn table_is_aligned_with_four_decimals() {
+        let node = |id: &str, score: f64| Node {
+            id: id.into(),
+            kind: NodeKind::Attn,
+            layer: Some(0),
+            score,
+            signed: -score / 2.0,
+            per_position: vec![score],
+        };
+        let a = Attribution {
+            model: "m".into(),
+            prompt: "p".into(),
+            chat: false,
+            input_ids: vec![1],
+            tokens: vec!["p".into()],
+            predicted_id: 1,
+            predicted_token: "x".into(),
+            target_id: 1,
+            target_token: "x".into(),
+            target_logit: 1.0,
+            method: "grad_x_activation".into(),
+            backend: "ndarray".into(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            timings: Timings::default(),
+            nodes: vec![node("embeddings", 2.0), node("L10_MLP", 0.5)],
+        };
+        let table = score_table(&a);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].starts_with("embeddings      2.0000     -1.0000  "));
+        assert!(lines[2].starts_with("L10_MLP         0.5000     -0.2500  "));
+        assert_eq!(lines[1].matches('█').count(), BAR);
+        assert_eq!(lines[2].matches('█').count(), BAR / 4);
+    }
+}
