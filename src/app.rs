@@ -35,8 +35,8 @@ pub fn attribute_command(
 
     let started = Instant::now();
     let files = source::resolve(&m.model, progress)?;
-    let config = Qwen2Config::from_file(&files.config())?;
-    let tokenizer = PromptTokenizer::from_folder(&files.folder)?;
+    let config = files.read_config()?;
+    let tokenizer = files.tokenizer()?;
     let resolve_s = started.elapsed().as_secs_f64();
 
     let started = Instant::now();

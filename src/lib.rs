@@ -9,6 +9,7 @@
 pub mod app;
 pub mod attribution;
 pub mod cli;
+pub mod gguf_tokenizer;
 pub mod graph;
 pub mod output;
 pub mod predict;

@@ -10,10 +10,8 @@ use serde::Serialize;
 
 use attrib::backends::Selection;
 use attrib::cli::{AttributeArgs, Cli, Command, PredictArgs};
-use attrib::model::Qwen2Config;
 use attrib::predict::{last_logits, top_k, TopToken};
 use attrib::progress::Progress;
-use attrib::prompt::PromptTokenizer;
 use attrib::source;
 
 fn main() -> ExitCode {
@@ -100,8 +98,8 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let selection = Selection::parse(m.backend.as_deref(), m.device.as_deref())?;
     let mut bar = Bar(None);
     let files = source::resolve(&m.model, &mut bar)?;
-    let config = Qwen2Config::from_file(&files.config())?;
-    let tokenizer = PromptTokenizer::from_folder(&files.folder)?;
+    let config = files.read_config()?;
+    let tokenizer = files.tokenizer()?;
     let encoded = tokenizer.encode(m.prompt(), m.chat)?;
     if encoded.ids.len() > config.max_position_embeddings {
         anyhow::bail!(

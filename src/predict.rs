@@ -5,7 +5,6 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::backends::{self, BackendJob, Selection};
-use crate::model::load::SafetensorsSource;
 use crate::model::{ModelError, Qwen2Config, Qwen2ForCausalLM};
 use crate::progress::Progress;
 use crate::source::ModelFiles;
@@ -17,11 +16,12 @@ pub fn load_model<B: Backend>(
     device: &B::Device,
     progress: &mut dyn Progress,
 ) -> Result<Qwen2ForCausalLM<B>, ModelError> {
-    let source = SafetensorsSource::from_folder(&files.folder)?;
+    let source = files.weights()?;
     progress.start("loading weights", Some(config.num_hidden_layers as u64 + 2));
-    let model = Qwen2ForCausalLM::load_with_progress(config, &source, device, &mut |done, _| {
-        progress.set(done as u64)
-    });
+    let model =
+        Qwen2ForCausalLM::load_with_progress(config, source.as_ref(), device, &mut |done, _| {
+            progress.set(done as u64)
+        });
     progress.finish();
     model
 }

@@ -75,13 +75,20 @@ impl PromptTokenizer {
         })
     }
 
-    /// A tokenizer built elsewhere (from GGUF metadata, say), with an optional chat template.
-    pub fn new(tokenizer: Tokenizer, chat_template: Option<String>, folder: &Path) -> Self {
+    /// A tokenizer built elsewhere (from GGUF metadata, say), with an optional chat template,
+    /// the special tokens it may refer to (`("eos_token", "<|im_end|>")`), and the file it
+    /// came from (for error messages).
+    pub fn new(
+        tokenizer: Tokenizer,
+        chat_template: Option<String>,
+        special_tokens: SpecialTokens,
+        origin: &Path,
+    ) -> Self {
         Self {
             tokenizer,
             chat_template,
-            special_tokens: Vec::new(),
-            folder: folder.to_path_buf(),
+            special_tokens,
+            folder: origin.to_path_buf(),
         }
     }
 
@@ -133,7 +140,7 @@ impl PromptTokenizer {
 }
 
 /// Special tokens a chat template may refer to, as `(name, text)`: `("eos_token", "<|im_end|>")`.
-type SpecialTokens = Vec<(String, String)>;
+pub type SpecialTokens = Vec<(String, String)>;
 
 /// The chat template (from `chat_template.jinja`, else `tokenizer_config.json`) and the special
 /// tokens `tokenizer_config.json` names.

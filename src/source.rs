@@ -1,13 +1,17 @@
-//! Where a model comes from: `--model` is a local folder or a Hugging Face hub id.
+//! Where a model comes from: `--model` is a local folder, a GGUF file or a Hugging Face hub id.
 //!
-//! Either way the result is a folder holding `config.json`, `tokenizer.json`, optionally
+//! A folder (local or from the hub) holds `config.json`, `tokenizer.json`, optionally
 //! `tokenizer_config.json` / `chat_template.jinja`, and the safetensors weights. Hub files land
 //! in the same cache as Python's (`~/.cache/huggingface/hub`, or `$HF_HOME/hub`), and
 //! `HF_ENDPOINT` points the download at a mirror.
 
 use std::path::{Path, PathBuf};
 
+use crate::gguf_tokenizer::{tokenizer_from_gguf, GgufTokenizerMetadata};
+use crate::model::load::{qwen2_config, GgufFile, GgufSource, SafetensorsSource, WeightSource};
+use crate::model::{ModelError, Qwen2Config};
 use crate::progress::Progress;
+use crate::prompt::{PromptError, PromptTokenizer};
 
 /// The model attrib uses when `--model` is not given (the seed's).
 pub const DEFAULT_MODEL: &str = "Qwen/Qwen2.5-1.5B-Instruct";
@@ -19,11 +23,8 @@ pub enum SourceError {
     #[error("--model {0}: no such file or folder")]
     NotFound(PathBuf),
     /// A folder without `config.json`.
-    #[error("--model {0}: this folder has no config.json; point --model at a Hugging Face model folder (config.json, model.safetensors, tokenizer.json)")]
+    #[error("--model {0}: this folder has no config.json; point --model at a Hugging Face model folder (config.json, model.safetensors, tokenizer.json) or a .gguf file")]
     NotAModelFolder(PathBuf),
-    /// A GGUF file.
-    #[error("--model {0}: GGUF files are not supported yet; convert it to a Hugging Face folder (config.json, model.safetensors, tokenizer.json)")]
-    Gguf(PathBuf),
     /// Neither a path nor a hub id.
     #[error(
         "--model {0:?} is neither an existing folder nor a hub id like Qwen/Qwen2.5-1.5B-Instruct"
@@ -43,19 +44,96 @@ pub enum SourceError {
     },
 }
 
-/// A model's files, all in one folder.
+/// How a model's files are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A Hugging Face folder: `config.json`, safetensors, `tokenizer.json`.
+    Folder,
+    /// One GGUF file (llama.cpp, Ollama, LM Studio): config, tokenizer and chat template in its
+    /// metadata, weights possibly quantized.
+    Gguf,
+}
+
+/// Where a model's config, weights and tokenizer are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelFiles {
     /// What the user passed to `--model`.
     pub name: String,
-    /// The folder holding the files.
-    pub folder: PathBuf,
+    /// The folder (or file) holding them.
+    pub path: PathBuf,
+    /// Its layout.
+    pub format: Format,
 }
 
 impl ModelFiles {
-    /// `config.json`.
-    pub fn config(&self) -> PathBuf {
-        self.folder.join("config.json")
+    /// A Hugging Face model folder.
+    pub fn folder(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            format: Format::Folder,
+        }
+    }
+
+    /// A GGUF file.
+    pub fn gguf(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            format: Format::Gguf,
+        }
+    }
+
+    /// The model's config.
+    pub fn read_config(&self) -> Result<Qwen2Config, ModelError> {
+        match self.format {
+            Format::Folder => Qwen2Config::from_file(&self.path.join("config.json")),
+            Format::Gguf => qwen2_config(&GgufFile::open(&self.path)?),
+        }
+    }
+
+    /// The model's tokenizer and chat template.
+    pub fn tokenizer(&self) -> Result<PromptTokenizer, PromptError> {
+        match self.format {
+            Format::Folder => PromptTokenizer::from_folder(&self.path),
+            Format::Gguf => {
+                let bad = |message: String| PromptError::Tokenizer {
+                    path: self.path.clone(),
+                    message,
+                };
+                let file = GgufFile::open(&self.path).map_err(|e| bad(e.to_string()))?;
+                let meta =
+                    GgufTokenizerMetadata::from_file(&file).map_err(|e| bad(e.to_string()))?;
+                let tokenizer = tokenizer_from_gguf(&meta).map_err(|e| bad(e.to_string()))?;
+                let template = match file.metadata("tokenizer.chat_template") {
+                    Some(_) => Some(
+                        file.get_str("tokenizer.chat_template")
+                            .map_err(|e| bad(e.to_string()))?
+                            .to_string(),
+                    ),
+                    None => None,
+                };
+                let token = |id: Option<u32>| id.and_then(|i| meta.tokens.get(i as usize).cloned());
+                let specials = [
+                    ("bos_token", token(meta.bos_token_id)),
+                    ("eos_token", token(meta.eos_token_id)),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+                .collect();
+                Ok(PromptTokenizer::new(
+                    tokenizer, template, specials, &self.path,
+                ))
+            }
+        }
+    }
+
+    /// The model's weights.
+    pub fn weights(&self) -> Result<Box<dyn WeightSource>, ModelError> {
+        match self.format {
+            Format::Folder => Ok(Box::new(SafetensorsSource::from_folder(&self.path)?)),
+            Format::Gguf => Ok(Box::new(GgufSource::open(&self.path)?)),
+        }
     }
 }
 
@@ -67,20 +145,17 @@ pub fn resolve(model: &str, progress: &mut dyn Progress) -> Result<ModelFiles, S
         if !path.join("config.json").is_file() {
             return Err(SourceError::NotAModelFolder(path.to_path_buf()));
         }
-        return Ok(ModelFiles {
-            name: model.to_string(),
-            folder: path.to_path_buf(),
-        });
+        return Ok(ModelFiles::folder(model, path));
     }
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
-        return Err(if path.is_file() {
-            SourceError::Gguf(path.to_path_buf())
+        return if path.is_file() {
+            Ok(ModelFiles::gguf(model, path))
         } else {
-            SourceError::NotFound(path.to_path_buf())
-        });
+            Err(SourceError::NotFound(path.to_path_buf()))
+        };
     }
     if path.exists() {
         return Err(SourceError::NotAModelFolder(path.to_path_buf()));
@@ -187,10 +262,7 @@ fn fetch_from_hub(id: &str, progress: &mut dyn Progress) -> Result<ModelFiles, S
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    Ok(ModelFiles {
-        name: id.to_string(),
-        folder,
-    })
+    Ok(ModelFiles::folder(id, folder))
 }
 
 /// The distinct shard names of a `model.safetensors.index.json`.

