@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the GGUF test fixtures of `qwen2-burn` (model/src/load/gguf.rs) into tests/fixtures/gguf/.
+"""Writes the GGUF test fixtures of `qwen2-burn` (model/src/load/gguf/) into tests/fixtures/gguf/.
 
 Run with the project's venv, which has the `gguf` package (0.19):
 
