@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::attribution::{self, Event, Outcome, Request, Target};
+use crate::attribution::{self, Event, Objective, Outcome, Request, Target};
 use crate::backends::{Selection, BURN_VERSION};
 use crate::cli::AttributeArgs;
-use crate::graph::{Attribution, Node, NodeKind};
+use crate::graph::{Attribution, Edge, Head, LensRow, LensToken, Node, NodeKind};
 use crate::model::{Qwen2Config, Site};
 use crate::output::{prepare_dir, write_atomic};
 use crate::progress::Progress;
@@ -50,7 +50,7 @@ pub fn attribute_command(
             config.max_position_embeddings
         );
     }
-    let target = target_of(args, &tokenizer, &config)?;
+    let objective = objective_of(args, &tokenizer, &config, encoded.ids.len())?;
 
     say(format!(
         "Loading {} ({} layers, hidden {}) …",
@@ -60,7 +60,7 @@ pub fn attribute_command(
         files: &files,
         config: &config,
         ids: &encoded.ids,
-        target,
+        objective,
     };
     let mut on_event = |event: Event| {
         say(match event {
@@ -105,41 +105,73 @@ pub fn attribute_command(
     Ok(graph)
 }
 
-/// The target `--target` / `--target-id` name, checked against the tokenizer and vocabulary.
-fn target_of(
+/// The objective the flags describe, checked against the tokenizer, vocabulary and prompt.
+fn objective_of(
     args: &AttributeArgs,
     tokenizer: &PromptTokenizer,
     config: &Qwen2Config,
-) -> anyhow::Result<Target> {
-    if let Some(text) = &args.target {
-        let encoding = tokenizer
-            .tokenizer()
-            .encode(text.as_str(), false)
-            .map_err(|e| anyhow::anyhow!("--target {text:?}: cannot tokenize it ({e})"))?;
-        let ids = encoding.get_ids();
-        if ids.len() != 1 {
-            let pieces: Vec<String> = ids
-                .iter()
-                .map(|&id| format!("{:?} (id {id})", tokenizer.token_text(id)))
-                .collect();
+    seq: usize,
+) -> anyhow::Result<Objective> {
+    let token = match (&args.target, args.target_id) {
+        (Some(text), _) => Target::Id(single_token("--target", text, tokenizer)?),
+        (None, Some(id)) => Target::Id(check_id("--target-id", id, config)?),
+        (None, None) => Target::Predicted,
+    };
+    let contrast = match (&args.contrast, args.contrast_id) {
+        (Some(text), _) => Some(single_token("--contrast", text, tokenizer)?),
+        (None, Some(id)) => Some(check_id("--contrast-id", id, config)?),
+        (None, None) => None,
+    };
+    if let Some(p) = args.position {
+        if p >= seq {
             bail!(
-                "--target {text:?} is {} tokens, not one: {}; pass a single token's text or --target-id",
-                ids.len(),
-                if pieces.is_empty() { "nothing".to_string() } else { pieces.join(", ") }
+                "--position {p} is beyond the prompt, which has {seq} tokens (0..{})",
+                seq - 1
             );
         }
-        return Ok(Target::Id(ids[0]));
     }
-    if let Some(id) = args.target_id {
-        if id as usize >= config.vocab_size {
-            bail!(
-                "--target-id {id} is outside the vocabulary (0..{})",
-                config.vocab_size
-            );
-        }
-        return Ok(Target::Id(id));
+    Ok(Objective {
+        token,
+        contrast,
+        metric: args.metric,
+        position: args.position,
+    })
+}
+
+/// The id of `text`, which must be exactly one token.
+fn single_token(flag: &str, text: &str, tokenizer: &PromptTokenizer) -> anyhow::Result<u32> {
+    let encoding = tokenizer
+        .tokenizer()
+        .encode(text, false)
+        .map_err(|e| anyhow::anyhow!("{flag} {text:?}: cannot tokenize it ({e})"))?;
+    let ids = encoding.get_ids();
+    if ids.len() != 1 {
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|&id| format!("{:?} (id {id})", tokenizer.token_text(id)))
+            .collect();
+        bail!(
+            "{flag} {text:?} is {} tokens, not one: {}; pass a single token's text or {flag}-id",
+            ids.len(),
+            if pieces.is_empty() {
+                "nothing".to_string()
+            } else {
+                pieces.join(", ")
+            }
+        );
     }
-    Ok(Target::Predicted)
+    Ok(ids[0])
+}
+
+/// `id`, if it is inside the vocabulary.
+fn check_id(flag: &str, id: u32, config: &Qwen2Config) -> anyhow::Result<u32> {
+    if id as usize >= config.vocab_size {
+        bail!(
+            "{flag} {id} is outside the vocabulary (0..{})",
+            config.vocab_size
+        );
+    }
+    Ok(id)
 }
 
 /// Attaches names and token texts to an outcome.
@@ -170,6 +202,47 @@ fn to_graph(
             }
         })
         .collect();
+    let text = |id: u32| tokenizer.token_text(id);
+    let edges = outcome
+        .edges
+        .into_iter()
+        .map(|e| Edge {
+            source: e.source,
+            target: e.target,
+            score: e.score,
+            per_position: e.per_position,
+        })
+        .collect();
+    let heads = outcome
+        .heads
+        .into_iter()
+        .map(|h| Head {
+            id: h.id(),
+            layer: h.layer,
+            head: h.head,
+            signed: h.signed,
+            score: h.score,
+            per_position: h.per_position,
+        })
+        .collect();
+    let lens = outcome
+        .lens
+        .into_iter()
+        .map(|l| LensRow {
+            after: l.after,
+            target_rank: l.target_rank,
+            target_logit: l.target_logit,
+            top: l
+                .top
+                .into_iter()
+                .map(|(id, logit)| LensToken {
+                    id,
+                    token: text(id),
+                    logit,
+                })
+                .collect(),
+        })
+        .collect();
     Attribution {
         model: model.to_string(),
         prompt: args.model.prompt().to_string(),
@@ -185,12 +258,20 @@ fn to_graph(
         target_id: outcome.target_id,
         target_token: tokenizer.token_text(outcome.target_id),
         target_logit: outcome.target_logit,
+        contrast_id: outcome.contrast_id,
+        contrast_token: outcome.contrast_id.map(text),
+        metric: args.metric.name().into(),
+        target_position: outcome.position,
+        target_value: outcome.value,
         method: "grad_x_activation".into(),
         backend: selection.kind.to_string(),
         device: selection.device.clone(),
         dtype: "f32".into(),
         timings: outcome.timings,
         nodes,
+        edges,
+        heads,
+        lens,
     }
 }
 

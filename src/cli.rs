@@ -56,6 +56,25 @@ pub struct AttributeArgs {
     /// Attribute the logit of this token id instead of the predicted one.
     #[arg(long)]
     pub target_id: Option<u32>,
+    /// Subtract this token's score (text that is exactly one token): with the default metric,
+    /// the target is the logit difference target − contrast.
+    #[arg(long, conflicts_with = "contrast_id")]
+    pub contrast: Option<String>,
+    /// Subtract the score of this token id.
+    #[arg(long)]
+    pub contrast_id: Option<u32>,
+    /// How the target token is scored: logit, logprob (log-softmax) or prob (softmax).
+    #[arg(long, default_value = "logit")]
+    pub metric: crate::attribution::Metric,
+    /// Attribute the prediction made at this prompt position (0-based) instead of the last.
+    #[arg(long)]
+    pub position: Option<usize>,
+    /// Also print the logit lens: what the residual stream predicts after each node.
+    #[arg(long)]
+    pub lens: bool,
+    /// Also print the attention heads' scores.
+    #[arg(long)]
+    pub heads: bool,
     /// Folder for attribution.json, graph.svg and graph.png (created if missing).
     #[arg(long, default_value = "attrib-out")]
     pub out: PathBuf,

@@ -32,6 +32,61 @@ pub struct Node {
     pub per_position: Vec<f64>,
 }
 
+/// An edge u → v: u's first-order contribution to the target through v's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Edge {
+    /// Source node id.
+    pub source: String,
+    /// Target node id (`logits` for the model's output).
+    pub target: String,
+    /// `Σ a_u ⊙ g_in(v)` over positions and dims.
+    pub score: f64,
+    /// The same sum at each position.
+    pub per_position: Vec<f64>,
+}
+
+/// An attention head as a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    /// `L{layer}_H{head}`.
+    pub id: String,
+    /// Layer.
+    pub layer: usize,
+    /// Head within the layer.
+    pub head: usize,
+    /// `Σ z_h ⊙ g(z_h)`: the head's first-order effect; a layer's heads sum to its attention
+    /// node's `signed`.
+    pub signed: f64,
+    /// `‖c_h ⊙ g(a)‖₂`, the seed's norm of the head's contribution through o_proj.
+    pub score: f64,
+    /// That norm at each position.
+    pub per_position: Vec<f64>,
+}
+
+/// One candidate token of the logit lens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LensToken {
+    /// Token id.
+    pub id: u32,
+    /// Its text.
+    pub token: String,
+    /// Its logit.
+    pub logit: f32,
+}
+
+/// The logit lens after one node: the final norm and LM head applied to the residual stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LensRow {
+    /// The node after which the residual stream is read.
+    pub after: String,
+    /// The target token's rank there (1 = top).
+    pub target_rank: usize,
+    /// The target token's logit there.
+    pub target_logit: f32,
+    /// The five highest tokens.
+    pub top: Vec<LensToken>,
+}
+
 /// Seconds spent in each phase of a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
@@ -72,6 +127,16 @@ pub struct Attribution {
     pub target_token: String,
     /// The target logit.
     pub target_logit: f64,
+    /// The token subtracted from the target (`--contrast`), if any.
+    pub contrast_id: Option<u32>,
+    /// Its text.
+    pub contrast_token: Option<String>,
+    /// How tokens are scored: `logit`, `logprob` or `prob`.
+    pub metric: String,
+    /// The prompt position whose next-token prediction is the target (0-based).
+    pub target_position: usize,
+    /// The attributed value: metric(target) − metric(contrast).
+    pub target_value: f64,
     /// The attribution method.
     pub method: String,
     /// Backend name.
@@ -84,6 +149,12 @@ pub struct Attribution {
     pub timings: Timings,
     /// Every node in pathway order: `embeddings`, `L0_Attn`, `L0_MLP`, `L1_Attn`, …
     pub nodes: Vec<Node>,
+    /// Every residual-stream edge, by target then source in pathway order.
+    pub edges: Vec<Edge>,
+    /// Every attention head, by layer then head.
+    pub heads: Vec<Head>,
+    /// The logit lens after the embeddings and after each sublayer.
+    pub lens: Vec<LensRow>,
 }
 
 impl Attribution {

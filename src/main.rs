@@ -41,11 +41,28 @@ fn attribute(args: AttributeArgs) -> anyhow::Result<()> {
         writeln!(out)?;
     } else {
         eprintln!();
+        let contrast = match &graph.contrast_token {
+            Some(c) => format!(" − {c:?}"),
+            None => String::new(),
+        };
         eprintln!(
-            "{:?} → {:?} (logit {:.4})",
-            graph.prompt, graph.target_token, graph.target_logit
+            "{:?} → {} of {:?}{contrast} at position {} = {:.4} (logit {:.4})",
+            graph.prompt,
+            graph.metric,
+            graph.target_token,
+            graph.target_position,
+            graph.target_value,
+            graph.target_logit
         );
         write!(out, "{}", attrib::report::score_table(&graph))?;
+        if args.heads {
+            writeln!(out)?;
+            write!(out, "{}", attrib::report::heads_table(&graph, 20))?;
+        }
+        if args.lens {
+            writeln!(out)?;
+            write!(out, "{}", attrib::report::lens_table(&graph))?;
+        }
     }
     eprintln!("{}", attrib::report::timing_line(&graph.timings));
     Ok(())

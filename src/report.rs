@@ -31,6 +31,51 @@ pub fn score_table(a: &Attribution) -> String {
     out
 }
 
+/// The logit lens, one line per node: the target's rank and logit after it, and the top tokens.
+pub fn lens_table(a: &Attribution) -> String {
+    let width = a
+        .lens
+        .iter()
+        .map(|l| l.after.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>7}  {:>9}  top tokens",
+        "after", "rank", "logit"
+    );
+    for row in &a.lens {
+        let top: Vec<String> = row
+            .top
+            .iter()
+            .map(|t| format!("{:?} {:.2}", t.token, t.logit))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>7}  {:>9.4}  {}",
+            row.after,
+            row.target_rank,
+            row.target_logit,
+            top.join(", ")
+        );
+    }
+    out
+}
+
+/// The `n` heads with the largest scores, best first.
+pub fn heads_table(a: &Attribution, n: usize) -> String {
+    let mut heads: Vec<_> = a.heads.iter().collect();
+    heads.sort_by(|x, y| y.score.total_cmp(&x.score).then(x.id.cmp(&y.id)));
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<8}  {:>10}  {:>10}", "head", "score", "signed");
+    for h in heads.into_iter().take(n) {
+        let _ = writeln!(out, "{:<8}  {:>10.4}  {:>10.4}", h.id, h.score, h.signed);
+    }
+    out
+}
+
 /// `load 1.20 s · tokenize 0.00 s · forward …`.
 pub fn timing_line(t: &Timings) -> String {
     format!(
@@ -65,12 +110,20 @@ mod tests {
             target_id: 1,
             target_token: "x".into(),
             target_logit: 1.0,
+            contrast_id: None,
+            contrast_token: None,
+            metric: "logit".into(),
+            target_position: 0,
+            target_value: 1.0,
             method: "grad_x_activation".into(),
             backend: "ndarray".into(),
             device: "cpu".into(),
             dtype: "f32".into(),
             timings: Timings::default(),
             nodes: vec![node("embeddings", 2.0), node("L10_MLP", 0.5)],
+            edges: vec![],
+            heads: vec![],
+            lens: vec![],
         };
         let table = score_table(&a);
         let lines: Vec<&str> = table.lines().collect();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use attrib::attribution::{attribute_loaded, is_node, Target};
+use attrib::attribution::{attribute_loaded, is_node, Objective, Target};
 use attrib::model::load::SafetensorsSource;
 use attrib::model::{Qwen2Config, Qwen2ForCausalLM};
 use burn::backend::Autodiff;
@@ -29,7 +29,7 @@ fn check(name: &str) {
     let model = load(name);
     for case in &reference(name).cases {
         let out =
-            attribute_loaded(&model, &case.input_ids, Target::Predicted, &mut |_| {}).unwrap();
+            attribute_loaded(&model, &case.input_ids, Objective::default(), &mut |_| {}).unwrap();
         let label = format!("{name} {:?}", case.prompt);
         assert_eq!(out.predicted_id, case.top5[0].id, "{label}");
         assert_eq!(out.nodes.len(), 2 * model.config.num_hidden_layers + 1);
@@ -77,7 +77,16 @@ fn node_scores_equal_the_reference_untied() {
 #[test]
 fn every_site_is_tapped() {
     let model = load("tiny-tied");
-    let out = attribute_loaded(&model, &[1, 2, 3], Target::Id(7), &mut |_| {}).unwrap();
+    let out = attribute_loaded(
+        &model,
+        &[1, 2, 3],
+        Objective {
+            token: Target::Id(7),
+            ..Objective::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(out.taps, attrib::model::Site::all(3).len());
     assert_eq!(out.target_id, 7);
     assert!(out.nodes.iter().all(|(s, _)| is_node(*s)));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use attrib::attribution::{attribute, Request, Target};
+use attrib::attribution::{attribute, Objective, Request};
 use attrib::backends::{compiled, Selection};
 use attrib::progress::Silent;
 use attrib::source::ModelFiles;
@@ -24,7 +24,7 @@ fn attribution_equals_the_reference_on_every_compiled_backend() {
                 files: &files,
                 config: &config,
                 ids: &case.input_ids,
-                target: Target::Predicted,
+                objective: Objective::default(),
             };
             let out = attribute(&selection, &request, &mut Silent, &mut |_| {}).unwrap();
             let label = format!("{kind} {:?}", case.prompt);

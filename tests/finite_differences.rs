@@ -112,3 +112,68 @@ fn tap_gradients_match_finite_differences() {
         );
     }
 }
+
+#[test]
+fn probability_metric_gradients_match_finite_differences() {
+    use attrib::attribution::{Metric, Objective};
+
+    let folder = fixture("tiny-untied");
+    let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
+    let source = SafetensorsSource::from_folder(&folder).unwrap();
+    let device = Default::default();
+    let plain = Qwen2ForCausalLM::<F64>::load(&config, &source, &device).unwrap();
+    let diff = Qwen2ForCausalLM::<Ad>::load(&config, &source, &device).unwrap();
+    let ids = [40u32, 41, 300, 7, 99];
+    let last = [ids.len() - 1];
+    let vocab = config.vocab_size;
+
+    for metric in [Metric::Prob, Metric::Logprob] {
+        let objective = Objective {
+            metric,
+            contrast: Some(5),
+            ..Objective::default()
+        };
+        let target_id = 17;
+        let mut taps = Taps::<Ad>::default();
+        let logits = diff.forward(ids_tensor(&ids, &device), &last, &mut taps);
+        let grads = objective
+            .value(logits.reshape([vocab]), target_id)
+            .backward();
+        let value = |probe: &mut dyn Probe<F64>| -> f64 {
+            let l = plain
+                .forward(ids_tensor(&ids, &device), &last, probe)
+                .reshape([vocab]);
+            objective
+                .value(l, target_id)
+                .into_data()
+                .to_vec::<f64>()
+                .unwrap()[0]
+        };
+        for site in [Site::Embed, Site::MlpIn(1), Site::HeadOut(0)] {
+            let tap = taps.taps.iter().find(|t| t.site == site).unwrap();
+            let grad = tap
+                .zero
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec::<f64>()
+                .unwrap();
+            let dims = tap.activation.dims();
+            let d: Vec<f64> = (0..grad.len())
+                .map(|i| ((i * 7919) % 13) as f64 / 13.0 - 0.45)
+                .collect();
+            let analytic: f64 = grad.iter().zip(&d).map(|(g, x)| g * x).sum();
+            let eps = 1e-3;
+            let shifted = |sign: f64| {
+                let values: Vec<f64> = d.iter().map(|x| sign * eps * x).collect();
+                let direction = Tensor::<F64, 3>::from_data(TensorData::new(values, dims), &device);
+                value(&mut Nudge { site, direction })
+            };
+            let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps);
+            assert!(
+                (numeric - analytic).abs() <= 1e-3 * analytic.abs().max(1e-3),
+                "{metric} at {site}: finite difference {numeric} vs tap gradient {analytic}"
+            );
+        }
+    }
+}

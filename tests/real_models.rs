@@ -9,7 +9,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use attrib::attribution::{attribute_loaded, Target};
+use attrib::attribution::{attribute_loaded, Objective};
 use attrib::model::load::SafetensorsSource;
 use attrib::model::{Qwen2Config, Qwen2ForCausalLM};
 use burn::backend::Autodiff;
@@ -32,7 +32,7 @@ fn check(var: &str, name: &str) {
             .unwrap();
     for case in reference(name).cases.iter().filter(|c| !c.chat) {
         let out =
-            attribute_loaded(&model, &case.input_ids, Target::Predicted, &mut |_| {}).unwrap();
+            attribute_loaded(&model, &case.input_ids, Objective::default(), &mut |_| {}).unwrap();
         assert_eq!(out.predicted_id, case.top5[0].id);
         assert!(
             (out.target_logit - case.top5[0].logit as f64).abs()

@@ -48,12 +48,20 @@ fn synthetic(layers: usize, prompt: &str) -> Attribution {
         target_id: 7,
         target_token: " Paris".into(),
         target_logit: 14.5912,
+        contrast_id: None,
+        contrast_token: None,
+        metric: "logit".into(),
+        target_position: 0,
+        target_value: 14.5912,
         method: "grad_x_act".into(),
         backend: "ndarray".into(),
         device: "cpu".into(),
         dtype: "f32".into(),
         timings: Timings::default(),
         nodes,
+        edges: vec![],
+        heads: vec![],
+        lens: vec![],
     }
 }
 

@@ -143,13 +143,22 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         let index =
             Tensor::<B, 1, Int>::from_data(TensorData::new(index, [positions.len()]), &device);
         // [batch, positions, hidden]: the final norm acts per position, so selecting first is exact.
-        let selected = self.model.norm.forward(x.select(1, index));
+        self.unembed(x.select(1, index))
+    }
+
+    /// The final norm and the LM head: residual-stream vectors to logits. The forward ends
+    /// with it; the logit lens applies it to the residual stream after every sublayer.
+    ///
+    /// # Shapes
+    /// - `residual`: `[batch, n, hidden]` → `[batch, n, vocab]`
+    pub fn unembed(&self, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        let normed = self.model.norm.forward(residual);
         match &self.lm_head {
-            Some(head) => head.forward(selected),
+            Some(head) => head.forward(normed),
             None => {
                 // Tied head: logits = h · Eᵀ with E the `[vocab, hidden]` embedding.
                 let weight = self.model.embed_tokens.weight.val().transpose();
-                burn::tensor::module::linear(selected, weight, None)
+                burn::tensor::module::linear(normed, weight, None)
             }
         }
     }

@@ -1,25 +1,33 @@
 //! Grad×Activation attribution: one forward with zero taps at every site, one backward of the
 //! target logit, then `g ⊙ a` reduced per node.
 
+pub mod edges;
+pub mod heads;
+pub mod lens;
 pub mod scores;
 pub mod taps;
 pub mod target;
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 
 use crate::backends::{self, BackendJob, Selection};
 use crate::graph::Timings;
-use crate::model::{ModelError, Qwen2Config, Site};
+use crate::model::{ModelError, Qwen2Config, Qwen2ForCausalLM, Site};
 use crate::predict::{ids_tensor, load_model};
 use crate::progress::Progress;
 use crate::source::ModelFiles;
 
+pub use edges::{EdgeScore, LOGITS};
+pub use heads::HeadScore;
+pub use lens::LensEntry;
 pub use scores::{grad_times_activation, GradTimesActivation};
 pub use taps::{Tap, Taps};
-pub use target::Target;
+pub use target::{Metric, Objective, Target};
 
 /// What to attribute.
 #[derive(Debug, Clone)]
@@ -30,8 +38,8 @@ pub struct Request<'a> {
     pub config: &'a Qwen2Config,
     /// The prompt's token ids.
     pub ids: &'a [u32],
-    /// Which logit at the last position.
-    pub target: Target,
+    /// What is attributed.
+    pub objective: Objective,
 }
 
 /// Milestones of a run, for the terminal.
@@ -66,14 +74,26 @@ pub enum Event {
 /// The result of a run, before the token texts are attached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
-    /// The argmax next token.
+    /// The argmax next token at the objective's position.
     pub predicted_id: u32,
-    /// The token whose logit was attributed.
+    /// The token whose score was attributed.
     pub target_id: u32,
-    /// That logit.
+    /// Its logit.
     pub target_logit: f64,
+    /// The token whose score was subtracted, if any.
+    pub contrast_id: Option<u32>,
+    /// The objective's position in the prompt.
+    pub position: usize,
+    /// The value of the objective (the target's metric, minus the contrast's).
+    pub value: f64,
     /// The graph's nodes in pathway order (`Embed`, `AttnOut(0)`, `MlpOut(0)`, …) with scores.
     pub nodes: Vec<(Site, GradTimesActivation)>,
+    /// Every residual-stream edge, by target then source in pathway order.
+    pub edges: Vec<EdgeScore>,
+    /// Every attention head, by layer then head.
+    pub heads: Vec<HeadScore>,
+    /// The logit lens after the embeddings and after every sublayer.
+    pub lens: Vec<LensEntry>,
     /// How many sites were tapped.
     pub taps: usize,
     /// Load, forward, backward and score times (tokenize and render are the caller's).
@@ -122,24 +142,30 @@ impl BackendJob for Job<'_, '_> {
         let model = load_model::<Autodiff<B>>(request.files, request.config, &device, progress)?;
         let load_s = started.elapsed().as_secs_f64();
         on_event(Event::Loaded { seconds: load_s });
-        let mut outcome = attribute_loaded(&model, request.ids, request.target, on_event)?;
+        let mut outcome = attribute_loaded(&model, request.ids, request.objective, on_event)?;
         outcome.timings.load_s = load_s;
         Ok(outcome)
     }
 }
 
-/// Attributes with a model already loaded on an autodiff backend.
+/// Attributes with a model already loaded on an autodiff backend: one forward with taps at
+/// every site, one backward of the objective, then nodes, edges, heads and the logit lens.
 pub fn attribute_loaded<B: Backend>(
-    model: &crate::model::Qwen2ForCausalLM<Autodiff<B>>,
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
     ids: &[u32],
-    target: Target,
+    objective: Objective,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, ModelError> {
     let device = model.model.embed_tokens.weight.val().device();
-    let layers = model.config.num_hidden_layers;
-    let vocab = model.config.vocab_size;
+    let c = &model.config;
     let seq = ids.len();
-    let sites = Site::all(layers);
+    let position = objective.position_in(seq);
+    if position >= seq {
+        return Err(ModelError::Source(format!(
+            "target position {position} is beyond the prompt's {seq} tokens"
+        )));
+    }
+    let sites = Site::all(c.num_hidden_layers);
     on_event(Event::TapsRegistered {
         taps: sites.len(),
         nodes: sites.iter().filter(|s| is_node(**s)).count(),
@@ -147,16 +173,18 @@ pub fn attribute_loaded<B: Backend>(
 
     let started = Instant::now();
     let mut taps = Taps::default();
-    let logits = model.forward(ids_tensor(ids, &device), &[seq - 1], &mut taps);
+    let logits = model.forward(ids_tensor(ids, &device), &[position], &mut taps);
     let host = to_vec(logits.clone().inner())?;
     let predicted_id = target::argmax(&host);
-    let target_id = target.resolve(&host);
-    if target_id as usize >= vocab {
-        return Err(ModelError::Source(format!(
-            "target token id {target_id} is outside the vocabulary (size {vocab})"
-        )));
+    let target_id = objective.token.resolve(&host);
+    for id in std::iter::once(target_id).chain(objective.contrast) {
+        if id as usize >= c.vocab_size {
+            return Err(ModelError::Source(format!(
+                "token id {id} is outside the vocabulary (size {})",
+                c.vocab_size
+            )));
+        }
     }
-    let target_logit = host[target_id as usize] as f64;
     let forward_s = started.elapsed().as_secs_f64();
     on_event(Event::Forward {
         predicted_id,
@@ -164,8 +192,9 @@ pub fn attribute_loaded<B: Backend>(
     });
 
     let started = Instant::now();
-    let objective = logits.narrow(2, target_id as usize, 1).sum();
-    let grads = objective.backward();
+    let value = objective.value(logits.reshape([c.vocab_size]), target_id);
+    let value_host = to_vec(value.clone().inner())?[0] as f64;
+    let grads = value.backward();
     B::sync(&device).map_err(|e| ModelError::Source(format!("backend failed: {e:?}")))?;
     let backward_s = started.elapsed().as_secs_f64();
     on_event(Event::Backward {
@@ -173,21 +202,70 @@ pub fn attribute_loaded<B: Backend>(
     });
 
     let started = Instant::now();
-    let mut nodes = Vec::new();
-    for tap in taps.taps.iter().filter(|t| is_node(t.site)) {
-        let activation = to_vec(tap.activation.clone())?;
-        let grad = match tap.zero.grad(&grads) {
-            Some(g) => to_vec(g)?,
-            // A site the target does not depend on has a zero gradient.
-            None => vec![0.0; activation.len()],
-        };
-        nodes.push((tap.site, grad_times_activation(&grad, &activation, seq)));
+    // Host copies of what the scores need: node activations and every gradient.
+    let mut activations: HashMap<Site, Vec<f32>> = HashMap::new();
+    let mut gradients: HashMap<Site, Vec<f32>> = HashMap::new();
+    let mut grad_tensors: HashMap<Site, Tensor<B, 3>> = HashMap::new();
+    for tap in &taps.taps {
+        let grad = tap
+            .zero
+            .grad(&grads)
+            // A site the objective does not depend on has a zero gradient.
+            .unwrap_or_else(|| tap.activation.zeros_like());
+        if is_node(tap.site) {
+            activations.insert(tap.site, to_vec(tap.activation.clone())?);
+        }
+        gradients.insert(tap.site, to_vec(grad.clone())?);
+        grad_tensors.insert(tap.site, grad);
     }
+    let node_sites: Vec<Site> = sites.iter().copied().filter(|s| is_node(*s)).collect();
+    let nodes = node_sites
+        .iter()
+        .map(|s| {
+            (
+                *s,
+                grad_times_activation(&gradients[s], &activations[s], seq),
+            )
+        })
+        .collect();
+    let node_data: Vec<(Site, &[f32])> = node_sites
+        .iter()
+        .map(|s| (*s, activations[s].as_slice()))
+        .collect();
+    let edges = edges::residual_edges(&node_data, |s| gradients[&s].as_slice(), seq);
+
+    let mut heads = Vec::new();
+    for (layer, block) in model.model.layers.iter().enumerate() {
+        let tap = taps
+            .taps
+            .iter()
+            .find(|t| t.site == Site::HeadOut(layer))
+            .expect("every layer has a HeadOut tap");
+        heads.extend(
+            heads::layer_heads(
+                layer,
+                c.num_attention_heads,
+                tap.activation.clone(),
+                grad_tensors[&Site::HeadOut(layer)].clone(),
+                block.self_attn.o_proj.weight.val().inner(),
+                grad_tensors[&Site::AttnOut(layer)].clone(),
+            )
+            .map_err(ModelError::Source)?,
+        );
+    }
+
+    let lens = logit_lens(model, &node_data, position, seq, target_id)?;
     Ok(Outcome {
         predicted_id,
         target_id,
-        target_logit,
+        target_logit: host[target_id as usize] as f64,
+        contrast_id: objective.contrast,
+        position,
+        value: value_host,
         nodes,
+        edges,
+        heads,
+        lens,
         taps: taps.taps.len(),
         timings: Timings {
             forward_s,
@@ -196,6 +274,36 @@ pub fn attribute_loaded<B: Backend>(
             ..Timings::default()
         },
     })
+}
+
+/// The final norm and LM head on the residual stream after each node, at `position`.
+fn logit_lens<B: Backend>(
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
+    nodes: &[(Site, &[f32])],
+    position: usize,
+    seq: usize,
+    target_id: u32,
+) -> Result<Vec<LensEntry>, ModelError> {
+    let hidden = model.config.hidden_size;
+    let vocab = model.config.vocab_size;
+    let rows: Vec<&[f32]> = nodes
+        .iter()
+        .map(|(_, a)| &a[position * hidden..(position + 1) * hidden])
+        .collect();
+    let sums = lens::running_sums(&rows);
+    debug_assert!(nodes.iter().all(|(_, a)| a.len() == seq * hidden));
+    let flat: Vec<f32> = sums.concat();
+    let device = model.model.embed_tokens.weight.val().device();
+    let residual = Tensor::<Autodiff<B>, 3>::from_data(
+        TensorData::new(flat, [1, sums.len(), hidden]),
+        &device,
+    );
+    let logits = to_vec(model.unembed(residual).inner())?;
+    Ok(nodes
+        .iter()
+        .zip(logits.chunks_exact(vocab))
+        .map(|((site, _), row)| lens::read(site.to_string(), row, target_id))
+        .collect())
 }
 
 /// Reads a tensor back as f32 values.

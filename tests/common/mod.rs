@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod edges;
+
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -42,6 +44,26 @@ pub struct RefNode {
     pub per_position: Vec<f64>,
 }
 
+/// One reference edge.
+#[derive(Debug, Deserialize)]
+pub struct RefEdge {
+    pub source: String,
+    pub target: String,
+    pub score: f64,
+    pub per_position: Vec<f64>,
+}
+
+/// One reference head.
+#[derive(Debug, Deserialize)]
+pub struct RefHead {
+    pub id: String,
+    pub layer: usize,
+    pub head: usize,
+    pub signed: f64,
+    pub score: f64,
+    pub per_position: Vec<f64>,
+}
+
 /// One prompt of a reference file.
 #[derive(Debug, Deserialize)]
 pub struct RefCase {
@@ -58,6 +80,10 @@ pub struct RefCase {
     pub last_logits_top: Vec<RefLogit>,
     pub top5: Vec<RefTop>,
     pub nodes: Vec<RefNode>,
+    #[serde(default)]
+    pub edges: Vec<RefEdge>,
+    #[serde(default)]
+    pub heads: Vec<RefHead>,
 }
 
 /// A `tests/fixtures/reference/*.json` file.

@@ -1,0 +1,121 @@
+//! Edges: how much of node v's input comes from node u, to first order.
+//!
+//! A node v (a sublayer, or the logits) reads the residual stream through its norm; the
+//! stream is the sum of every upstream node's output. So `Σ a_u ⊙ g_in(v)`, with `g_in(v)` the
+//! gradient at v's `*In` site (the branch into the norm, not the skip), is u's first-order
+//! contribution to the target through v, and the edges into v sum to `Σ x_v ⊙ g_in(v)`.
+
+use crate::model::Site;
+
+/// One edge u → v with its signed score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeScore {
+    /// Source node id (`embeddings`, `L{i}_Attn`, `L{i}_MLP`).
+    pub source: String,
+    /// Target node id (`L{i}_Attn`, `L{i}_MLP` or `logits`).
+    pub target: String,
+    /// `Σ a_u ⊙ g_in(v)` over positions and dims.
+    pub score: f64,
+    /// The same sum at each position.
+    pub per_position: Vec<f64>,
+}
+
+/// The `*In` site whose gradient is `g_in` of a node: the branch into its norm.
+pub fn input_site(node: Site) -> Option<Site> {
+    match node {
+        Site::AttnOut(l) => Some(Site::AttnIn(l)),
+        Site::MlpOut(l) => Some(Site::MlpIn(l)),
+        _ => None,
+    }
+}
+
+/// The display id of the logits node.
+pub const LOGITS: &str = "logits";
+
+/// `Σ_d a[p, d] · g[p, d]` for every position of `[seq, width]` data.
+pub fn dot_per_position(activation: &[f32], grad: &[f32], seq: usize) -> Vec<f64> {
+    let width = activation.len() / seq;
+    activation
+        .chunks_exact(width)
+        .zip(grad.chunks_exact(width))
+        .map(|(a, g)| a.iter().zip(g).map(|(&a, &g)| a as f64 * g as f64).sum())
+        .collect()
+}
+
+/// Every edge of the residual-stream DAG, from the activations of the nodes (in pathway
+/// order) and the gradients at their input sites.
+///
+/// `nodes` are `(site, activation)` in pathway order; `input_grad(site)` gives `g_in` for
+/// `AttnIn`, `MlpIn` and `FinalIn`. Edges are listed by target in pathway order (the logits
+/// last), then by source in pathway order.
+pub fn residual_edges<'a>(
+    nodes: &[(Site, &'a [f32])],
+    input_grad: impl Fn(Site) -> &'a [f32],
+    seq: usize,
+) -> Vec<EdgeScore> {
+    let mut edges = Vec::new();
+    let targets = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (site, _))| input_site(*site).map(|input| (i, site.to_string(), input)))
+        .chain(std::iter::once((
+            nodes.len(),
+            LOGITS.to_string(),
+            Site::FinalIn,
+        )));
+    for (upstream, target, input) in targets {
+        let g = input_grad(input);
+        for (source, a) in &nodes[..upstream] {
+            let per_position = dot_per_position(a, g, seq);
+            edges.push(EdgeScore {
+                source: source.to_string(),
+                target: target.clone(),
+                score: per_position.iter().sum(),
+                per_position,
+            });
+        }
+    }
+    edges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_two_layer_model_has_every_upstream_edge() {
+        let sites = [
+            Site::Embed,
+            Site::AttnOut(0),
+            Site::MlpOut(0),
+            Site::AttnOut(1),
+            Site::MlpOut(1),
+        ];
+        let data: Vec<Vec<f32>> = (0..sites.len()).map(|i| vec![i as f32 + 1.0; 4]).collect();
+        let nodes: Vec<(Site, &[f32])> = sites
+            .iter()
+            .zip(&data)
+            .map(|(s, d)| (*s, d.as_slice()))
+            .collect();
+        let ones = vec![1.0f32; 4];
+        let edges = residual_edges(&nodes, |_| ones.as_slice(), 2);
+        // Into L0_Attn 1, L0_MLP 2, L1_Attn 3, L1_MLP 4, logits 5.
+        assert_eq!(edges.len(), 15);
+        assert_eq!(
+            (edges[0].source.as_str(), edges[0].target.as_str()),
+            ("embeddings", "L0_Attn")
+        );
+        assert_eq!(
+            (edges[2].source.as_str(), edges[2].target.as_str()),
+            ("L0_Attn", "L0_MLP")
+        );
+        let last = edges.last().unwrap();
+        assert_eq!(
+            (last.source.as_str(), last.target.as_str()),
+            ("L1_MLP", "logits")
+        );
+        // a = 5 everywhere, g = 1: 2 dims per position.
+        assert_eq!(last.per_position, vec![10.0, 10.0]);
+        assert_eq!(last.score, 20.0);
+    }
+}

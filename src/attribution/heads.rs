@@ -1,0 +1,82 @@
+//! Attention heads as nodes, from the `HeadOut` site (the input of o_proj).
+//!
+//! Head h's slice `z_h` of o_proj's input reaches the residual stream as `c_h = z_h · W_o[h]`
+//! (o_proj has no bias), so the attention output is `Σ_h c_h`. Two scores per head:
+//! - signed: `Σ z_h ⊙ g(z_h)`, its first-order effect; the heads of a layer sum to the
+//!   attention node's signed sum, since `Σ z ⊙ g(z) = Σ (z W) ⊙ g(a)`;
+//! - score: `‖c_h ⊙ g(a)‖₂`, the seed's norm applied to the head's contribution.
+
+use burn::tensor::{backend::Backend, Tensor};
+
+/// One head's scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadScore {
+    /// Layer.
+    pub layer: usize,
+    /// Head within the layer.
+    pub head: usize,
+    /// `Σ z_h ⊙ g(z_h)`.
+    pub signed: f64,
+    /// `‖c_h ⊙ g(a)‖₂` over positions and hidden dims.
+    pub score: f64,
+    /// `‖c_h ⊙ g(a)‖₂` at each position.
+    pub per_position: Vec<f64>,
+}
+
+impl HeadScore {
+    /// `L{layer}_H{head}`.
+    pub fn id(&self) -> String {
+        format!("L{}_H{}", self.layer, self.head)
+    }
+}
+
+/// The scores of a layer's heads.
+///
+/// # Shapes
+/// - `z`, `grad_z`: `[1, seq, heads·head_dim]` (the `HeadOut` activation and its gradient)
+/// - `o_proj`: `[heads·head_dim, hidden]` (burn's `[d_in, d_out]` layout)
+/// - `grad_out`: `[1, seq, hidden]`, the gradient at the attention output
+pub fn layer_heads<B: Backend>(
+    layer: usize,
+    heads: usize,
+    z: Tensor<B, 3>,
+    grad_z: Tensor<B, 3>,
+    o_proj: Tensor<B, 2>,
+    grad_out: Tensor<B, 3>,
+) -> Result<Vec<HeadScore>, String> {
+    let [_, seq, width] = z.dims();
+    let hidden = o_proj.dims()[1];
+    let head_dim = width / heads;
+    // Signed effects: Σ over positions and the head's columns.
+    let signed = to_vec(
+        (z.clone() * grad_z)
+            .reshape([seq, heads, head_dim])
+            .sum_dim(2)
+            .sum_dim(0)
+            .reshape([heads]),
+    )?;
+    // [heads, seq, head_dim] · [heads, head_dim, hidden] → each head's contribution.
+    let z = z.reshape([seq, heads, head_dim]).swap_dims(0, 1);
+    let w = o_proj.reshape([heads, head_dim, hidden]);
+    let contribution = z.matmul(w) * grad_out.reshape([1, seq, hidden]);
+    let squares = to_vec(contribution.square().sum_dim(2).reshape([heads, seq]))?;
+    Ok((0..heads)
+        .map(|h| {
+            let row = &squares[h * seq..(h + 1) * seq];
+            HeadScore {
+                layer,
+                head: h,
+                signed: signed[h] as f64,
+                score: row.iter().map(|&s| s as f64).sum::<f64>().sqrt(),
+                per_position: row.iter().map(|&s| (s as f64).sqrt()).collect(),
+            }
+        })
+        .collect())
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, String> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| format!("cannot read head scores back: {e:?}"))
+}

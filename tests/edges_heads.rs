@@ -1,0 +1,219 @@
+//! Edges, heads, per-position scores, the logit lens and the other targets, from the same
+//! single forward and backward as the node scores: against the PyTorch reference
+//! (`scripts/reference.py`) and against invariants.
+
+mod common;
+
+use attrib::attribution::{attribute_loaded, Metric, Objective, Outcome, Target};
+use attrib::model::load::SafetensorsSource;
+use attrib::model::{NoProbe, Qwen2Config, Qwen2ForCausalLM};
+use attrib::predict::{ids_tensor, top_k};
+use burn::backend::Autodiff;
+use common::edges::check_edges_and_heads;
+use common::{fixture, reference, TestBackend};
+
+type Model = Qwen2ForCausalLM<Autodiff<TestBackend>>;
+
+fn load(name: &str) -> Model {
+    let folder = fixture(name);
+    let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
+    let source = SafetensorsSource::from_folder(&folder).unwrap();
+    Qwen2ForCausalLM::load(&config, &source, &Default::default()).unwrap()
+}
+
+fn run(model: &Model, ids: &[u32], objective: Objective) -> Outcome {
+    attribute_loaded(model, ids, objective, &mut |_| {}).unwrap()
+}
+
+/// In f32, edges that are differences of large terms carry rounding noise up to about 1e-4 of
+/// the prompt's largest edge (embeddings→L0_Attn is one: RMSNorm is scale-invariant, so it is
+/// only the effect of the norm's epsilon). `tests/edges_f64.rs` checks the same numbers in f64
+/// at 1e-5 of the largest edge.
+const F32_PEERS: f64 = 2e-4;
+
+#[test]
+fn edges_and_heads_equal_the_reference_tied() {
+    check_edges_and_heads::<TestBackend>("tiny-tied", F32_PEERS);
+}
+
+#[test]
+fn edges_and_heads_equal_the_reference_untied() {
+    check_edges_and_heads::<TestBackend>("tiny-untied", F32_PEERS);
+}
+
+#[test]
+fn a_layers_heads_sum_to_its_attention_node_and_edges_out_of_a_node_to_its_signed_sum() {
+    let model = load("tiny-tied");
+    let case = &reference("tiny-tied").cases[3];
+    let out = run(&model, &case.input_ids, Objective::default());
+    for (site, node) in &out.nodes {
+        let id = site.to_string();
+        if let Some(layer) = id.strip_prefix('L').and_then(|r| r.strip_suffix("_Attn")) {
+            let layer: usize = layer.parse().unwrap();
+            let heads: f64 = out
+                .heads
+                .iter()
+                .filter(|h| h.layer == layer)
+                .map(|h| h.signed)
+                .sum();
+            assert!(
+                (heads - node.signed).abs() <= 1e-4 * node.signed.abs().max(node.score),
+                "{id}: heads {heads} vs {}",
+                node.signed
+            );
+        }
+        // The residual stream is linear: what leaves u through every reader is u's own effect.
+        let out_of: f64 = out
+            .edges
+            .iter()
+            .filter(|e| e.source == id)
+            .map(|e| e.score)
+            .sum();
+        assert!(
+            (out_of - node.signed).abs() <= 1e-4 * node.score.max(node.signed.abs()),
+            "{id}: edges {out_of} vs {}",
+            node.signed
+        );
+    }
+}
+
+#[test]
+fn the_last_lens_row_is_the_models_own_prediction() {
+    let model = load("tiny-untied");
+    for case in reference("tiny-untied").cases.iter().take(4) {
+        let out = run(&model, &case.input_ids, Objective::default());
+        assert_eq!(out.lens.len(), out.nodes.len());
+        assert_eq!(out.lens[0].after, "embeddings");
+        let last = out.lens.last().unwrap();
+        let logits = model
+            .forward_last(ids_tensor(&case.input_ids, &Default::default()))
+            .inner()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let top: Vec<(u32, f32)> = top_k(&logits, 5)
+            .into_iter()
+            .map(|(id, l, _)| (id, l))
+            .collect();
+        assert_eq!(last.top, top, "{:?}", case.prompt);
+        assert_eq!(last.target_logit, logits[out.target_id as usize]);
+        assert_eq!(last.target_rank, 1);
+    }
+}
+
+#[test]
+fn a_logit_difference_is_the_difference_of_two_runs() {
+    let model = load("tiny-tied");
+    let ids = &reference("tiny-tied").cases[2].input_ids;
+    let (t, c) = (17u32, 301u32);
+    let single = |token| {
+        run(
+            &model,
+            ids,
+            Objective {
+                token: Target::Id(token),
+                ..Objective::default()
+            },
+        )
+    };
+    let (a, b) = (single(t), single(c));
+    let diff = run(
+        &model,
+        ids,
+        Objective {
+            token: Target::Id(t),
+            contrast: Some(c),
+            ..Objective::default()
+        },
+    );
+    assert!((diff.value - (a.value - b.value)).abs() < 1e-5);
+    for (((_, d), (_, x)), (_, y)) in diff.nodes.iter().zip(&a.nodes).zip(&b.nodes) {
+        assert!(
+            (d.signed - (x.signed - y.signed)).abs() <= 1e-5 * (x.score + y.score),
+            "{} vs {}",
+            d.signed,
+            x.signed - y.signed
+        );
+    }
+    let largest = a
+        .edges
+        .iter()
+        .chain(&b.edges)
+        .map(|e| e.score.abs())
+        .fold(0.0, f64::max);
+    for ((d, x), y) in diff.edges.iter().zip(&a.edges).zip(&b.edges) {
+        let want = x.score - y.score;
+        assert!(
+            (d.score - want).abs() <= 1e-5 * want.abs() + F32_PEERS * largest,
+            "{}→{}",
+            d.source,
+            d.target
+        );
+    }
+}
+
+#[test]
+fn an_earlier_position_equals_the_prompt_cut_there() {
+    let model = load("tiny-untied");
+    let ids = &reference("tiny-untied").cases[2].input_ids;
+    let k = 4;
+    let at_k = run(
+        &model,
+        ids,
+        Objective {
+            position: Some(k),
+            ..Objective::default()
+        },
+    );
+    let cut = run(&model, &ids[..=k], Objective::default());
+    assert_eq!(at_k.position, k);
+    assert_eq!(
+        (at_k.predicted_id, at_k.target_id),
+        (cut.predicted_id, cut.target_id)
+    );
+    for ((_, a), (_, b)) in at_k.nodes.iter().zip(&cut.nodes) {
+        assert!(
+            (a.score - b.score).abs() <= 1e-5 * b.score,
+            "{} vs {}",
+            a.score,
+            b.score
+        );
+        // Later tokens cannot influence an earlier prediction.
+        assert!(a.per_position[k + 1..].iter().all(|&p| p == 0.0));
+    }
+}
+
+#[test]
+fn probability_metrics_are_what_their_names_say() {
+    let model = load("tiny-tied");
+    let ids = &reference("tiny-tied").cases[1].input_ids;
+    let logits = model.forward(
+        ids_tensor(ids, &Default::default()),
+        &[ids.len() - 1],
+        &mut NoProbe,
+    );
+    let logits = logits.inner().into_data().to_vec::<f32>().unwrap();
+    let max = logits.iter().copied().fold(f32::MIN, f32::max) as f64;
+    let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    for metric in [Metric::Logprob, Metric::Prob] {
+        let out = run(
+            &model,
+            ids,
+            Objective {
+                metric,
+                ..Objective::default()
+            },
+        );
+        let logprob = logits[out.target_id as usize] as f64 - max - z.ln();
+        let want = if metric == Metric::Prob {
+            logprob.exp()
+        } else {
+            logprob
+        };
+        assert!(
+            (out.value - want).abs() < 1e-5,
+            "{metric}: {} vs {want}",
+            out.value
+        );
+    }
+}
