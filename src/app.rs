@@ -13,6 +13,7 @@ use crate::model::{Qwen2Config, Site};
 use crate::output::{prepare_dir, write_atomic};
 use crate::progress::Progress;
 use crate::prompt::PromptTokenizer;
+use crate::prune::{prune, PruneOptions};
 use crate::{render, source};
 
 /// Runs Grad×Activation attribution as `args` asks and writes `attribution.json`,
@@ -91,16 +92,38 @@ pub fn attribute_command(
     graph.timings.tokenize_s = tokenize_s;
 
     let started = Instant::now();
-    let svg = render::pathway_svg(&graph);
-    let png = render::svg_to_png(&svg).context("rendering graph.png")?;
+    let pruned = prune(
+        &graph,
+        &PruneOptions {
+            node_threshold: args.node_threshold,
+            edge_threshold: args.edge_threshold,
+            top_edges: args.top_edges,
+        },
+    );
+    let pictures = [
+        ("graph", render::pathway_svg(&graph)),
+        ("graph-dag", render::dag_svg(&graph, &pruned)),
+        ("heatmap", render::heatmap_svg(&graph)),
+    ];
+    let mut files = Vec::new();
+    for (name, svg) in pictures {
+        let png = render::svg_to_png(&svg).with_context(|| format!("rendering {name}.png"))?;
+        files.push((format!("{name}.svg"), svg.into_bytes()));
+        files.push((format!("{name}.png"), png));
+    }
     graph.timings.render_s = started.elapsed().as_secs_f64();
     let json = serde_json::to_string_pretty(&graph)? + "\n";
-    write_atomic(&args.out.join("graph.svg"), svg.as_bytes())?;
-    write_atomic(&args.out.join("graph.png"), &png)?;
-    write_atomic(&args.out.join("attribution.json"), json.as_bytes())?;
+    files.push(("attribution.json".into(), json.into_bytes()));
+    for (name, bytes) in &files {
+        write_atomic(&args.out.join(name), bytes)?;
+    }
     say(format!(
-        "Wrote {}, graph.svg and graph.png",
-        args.out.join("attribution.json").display()
+        "Wrote {}: attribution.json, graph, graph-dag (kept {} of {} nodes, {} of {} edges) and heatmap as SVG and PNG",
+        args.out.display(),
+        pruned.nodes.len().saturating_sub(1),
+        graph.nodes.len(),
+        pruned.edges.len(),
+        graph.edges.len()
     ));
     Ok(graph)
 }

@@ -75,6 +75,16 @@ pub struct AttributeArgs {
     /// Also print the attention heads' scores.
     #[arg(long)]
     pub heads: bool,
+    /// Pruned DAG: keep the fewest nodes whose cumulative influence on the target reaches
+    /// this fraction.
+    #[arg(long, default_value_t = 0.8, value_parser = fraction)]
+    pub node_threshold: f64,
+    /// Pruned DAG: then keep the edges that carry this fraction of the kept nodes' influence.
+    #[arg(long, default_value_t = 0.98, value_parser = fraction)]
+    pub edge_threshold: f64,
+    /// Pruned DAG: keep the N strongest edges instead of the thresholds.
+    #[arg(long)]
+    pub top_edges: Option<usize>,
     /// Folder for attribution.json, graph.svg and graph.png (created if missing).
     #[arg(long, default_value = "attrib-out")]
     pub out: PathBuf,
@@ -101,6 +111,16 @@ pub struct ModelArgs {
     /// Device of the backend (cpu, cuda:N, discrete:N…).
     #[arg(long)]
     pub device: Option<String>,
+}
+
+/// A number in [0, 1].
+fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1"))
+    }
 }
 
 impl ModelArgs {

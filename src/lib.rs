@@ -15,6 +15,7 @@ pub mod output;
 pub mod predict;
 pub mod progress;
 pub mod prompt;
+pub mod prune;
 pub mod render;
 pub mod report;
 pub mod source;

@@ -5,9 +5,13 @@
 //! the PNG is drawn with a font compiled into the binary rather than the system's fonts.
 
 mod color;
+pub mod dag;
+pub mod heatmap;
 pub mod png;
 pub mod svg;
 
+pub use dag::dag_svg;
+pub use heatmap::{heatmap_layout, heatmap_svg, max_per_position, HeatmapLayout};
 pub use png::{parse_svg, svg_to_png, usvg_options, PNG_SCALE};
 pub use svg::{layout, pathway_svg, Layout, NodeBox, FONT_FAMILY, TARGET_ID};
 
