@@ -62,6 +62,9 @@ pub fn attribute_command(
         config: &config,
         ids: &encoded.ids,
         objective,
+        options: attribution::Options {
+            head_edges: args.heads,
+        },
     };
     let mut on_event = |event: Event| {
         say(match event {
@@ -248,6 +251,16 @@ fn to_graph(
             per_position: h.per_position,
         })
         .collect();
+    let head_edges = outcome
+        .head_edges
+        .into_iter()
+        .map(|e| Edge {
+            source: e.source,
+            target: e.target,
+            score: e.score,
+            per_position: e.per_position,
+        })
+        .collect();
     let lens = outcome
         .lens
         .into_iter()
@@ -295,6 +308,7 @@ fn to_graph(
         edges,
         heads,
         lens,
+        head_edges,
     }
 }
 

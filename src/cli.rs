@@ -72,7 +72,7 @@ pub struct AttributeArgs {
     /// Also print the logit lens: what the residual stream predicts after each node.
     #[arg(long)]
     pub lens: bool,
-    /// Also print the attention heads' scores.
+    /// Also print the strongest attention heads, and add head → node edges to the JSON.
     #[arg(long)]
     pub heads: bool,
     /// Pruned DAG: keep the fewest nodes whose cumulative influence on the target reaches

@@ -155,6 +155,10 @@ pub struct Attribution {
     pub heads: Vec<Head>,
     /// The logit lens after the embeddings and after each sublayer.
     pub lens: Vec<LensRow>,
+    /// Head → node edges (`--heads`): from each `L{i}_H{h}` to every node downstream of layer
+    /// i's attention; a layer's head edges into a node sum to its attention node's edge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub head_edges: Vec<Edge>,
 }
 
 impl Attribution {

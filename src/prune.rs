@@ -272,6 +272,7 @@ mod tests {
                 .collect(),
             heads: vec![],
             lens: vec![],
+            head_edges: vec![],
         }
     }
 

@@ -124,6 +124,7 @@ mod tests {
             edges: vec![],
             heads: vec![],
             lens: vec![],
+            head_edges: vec![],
         };
         let table = score_table(&a);
         let lines: Vec<&str> = table.lines().collect();

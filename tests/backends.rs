@@ -25,6 +25,7 @@ fn attribution_equals_the_reference_on_every_compiled_backend() {
                 config: &config,
                 ids: &case.input_ids,
                 objective: Objective::default(),
+                options: Default::default(),
             };
             let out = attribute(&selection, &request, &mut Silent, &mut |_| {}).unwrap();
             let label = format!("{kind} {:?}", case.prompt);

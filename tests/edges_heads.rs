@@ -217,3 +217,48 @@ fn probability_metrics_are_what_their_names_say() {
         );
     }
 }
+
+#[test]
+fn head_edges_sum_to_their_attention_nodes_edges() {
+    use attrib::attribution::{attribute_loaded_with, Options};
+
+    let model = load("tiny-tied");
+    let ids = &reference("tiny-tied").cases[3].input_ids;
+    let with = Options { head_edges: true };
+    let out = attribute_loaded_with(&model, ids, Objective::default(), with, &mut |_| {}).unwrap();
+    let layers = model.config.num_hidden_layers;
+    let heads = model.config.num_attention_heads;
+    // Layer l's heads reach the MLP of layer l, both sublayers of each later layer, and logits.
+    let expected: usize = (0..layers)
+        .map(|l| heads * (1 + 2 * (layers - 1 - l) + 1))
+        .sum();
+    assert_eq!(out.head_edges.len(), expected);
+    let largest = out.edges.iter().map(|e| e.score.abs()).fold(0.0, f64::max);
+    for edge in out.edges.iter().filter(|e| e.source.ends_with("_Attn")) {
+        let layer = edge
+            .source
+            .trim_start_matches('L')
+            .trim_end_matches("_Attn");
+        let prefix = format!("L{layer}_H");
+        let from_heads: Vec<_> = out
+            .head_edges
+            .iter()
+            .filter(|h| h.source.starts_with(&prefix) && h.target == edge.target)
+            .collect();
+        assert_eq!(from_heads.len(), heads, "{} → {}", edge.source, edge.target);
+        let sum: f64 = from_heads.iter().map(|h| h.score).sum();
+        assert!(
+            (sum - edge.score).abs() <= 1e-5 * largest,
+            "{} → {}: heads {sum} vs {}",
+            edge.source,
+            edge.target,
+            edge.score
+        );
+        for p in 0..ids.len() {
+            let sum: f64 = from_heads.iter().map(|h| h.per_position[p]).sum();
+            assert!((sum - edge.per_position[p]).abs() <= 1e-5 * largest);
+        }
+    }
+    // Without the option there are none.
+    assert!(run(&model, ids, Objective::default()).head_edges.is_empty());
+}

@@ -1,11 +1,12 @@
 //! The token heatmap: SVG structure, colours, escaping, and the PNG drawn from it.
 
-use attrib::graph::{Attribution, Node, NodeKind, Timings};
+mod common;
+
+use attrib::graph::Attribution;
 use attrib::render::{heatmap_layout, heatmap_svg, parse_svg, svg_to_png, PNG_SCALE};
+use common::synthetic::{attribution, by_id, nodes, texts, NASTY};
 use resvg::tiny_skia::Pixmap;
 use resvg::usvg::{self, roxmltree};
-
-const NASTY: &str = "<|im_start|>user\n\"a & b\"";
 
 /// Token texts for `n` positions: the awkward ones first, then plain words.
 fn tokens(n: usize) -> Vec<String> {
@@ -31,74 +32,16 @@ fn tokens(n: usize) -> Vec<String> {
 /// distinct, with the smallest (0) at node 0 position 0 and the largest at the last node's last
 /// position.
 fn synthetic(layers: usize, n: usize, prompt: &str) -> Attribution {
-    let count = 2 * layers + 1;
-    let nodes = (0..count)
-        .map(|k| {
-            let (id, kind, layer) = match k {
-                0 => ("embeddings".to_owned(), NodeKind::Embeddings, None),
-                k if k % 2 == 1 => (format!("L{}_Attn", k / 2), NodeKind::Attn, Some(k / 2)),
-                k => (
-                    format!("L{}_MLP", k / 2 - 1),
-                    NodeKind::Mlp,
-                    Some(k / 2 - 1),
-                ),
-            };
-            let per_position: Vec<f64> = (0..n).map(|p| (k * n + p) as f64 * 0.01).collect();
-            Node {
-                id,
-                kind,
-                layer,
-                score: per_position.iter().map(|v| v * v).sum::<f64>().sqrt(),
-                signed: 0.5,
-                per_position,
-            }
-        })
-        .collect();
-    Attribution {
-        model: "Qwen/Qwen2.5-0.5B-Instruct".into(),
-        prompt: prompt.into(),
-        chat: true,
-        input_ids: (0..n as u32).collect(),
-        tokens: tokens(n),
-        predicted_id: 7,
-        predicted_token: " Paris".into(),
-        target_id: 7,
-        target_token: " Paris".into(),
-        target_logit: 14.5912,
-        contrast_id: None,
-        contrast_token: None,
-        metric: "logit".into(),
-        target_position: n.saturating_sub(1),
-        target_value: 14.5912,
-        method: "grad_x_act".into(),
-        backend: "ndarray".into(),
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        timings: Timings::default(),
-        nodes,
-        edges: vec![],
-        heads: vec![],
-        lens: vec![],
-    }
+    let nodes = nodes(layers, |k| {
+        let per_position: Vec<f64> = (0..n).map(|p| (k * n + p) as f64 * 0.01).collect();
+        let score = per_position.iter().map(|v| v * v).sum::<f64>().sqrt();
+        (score, 0.5, per_position)
+    });
+    attribution(prompt, tokens(n), n.saturating_sub(1), nodes)
 }
 
 fn cases() -> Vec<Attribution> {
     vec![synthetic(3, 5, NASTY), synthetic(28, 64, NASTY)]
-}
-
-/// The element whose `id` is `id`.
-fn by_id<'a>(doc: &'a roxmltree::Document, id: &str) -> roxmltree::Node<'a, 'a> {
-    doc.descendants()
-        .find(|e| e.attribute("id") == Some(id))
-        .unwrap_or_else(|| panic!("no element with id {id}"))
-}
-
-/// The text of every `<text>` element.
-fn texts(doc: &roxmltree::Document) -> Vec<String> {
-    doc.descendants()
-        .filter(|e| e.has_tag_name("text"))
-        .map(|e| e.text().unwrap_or_default().to_owned())
-        .collect()
 }
 
 #[test]

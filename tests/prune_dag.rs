@@ -1,8 +1,11 @@
 //! Pruning a synthetic attribution graph and drawing what is kept.
 
-use attrib::graph::{Attribution, Edge, Node, NodeKind, Timings};
+mod common;
+
+use attrib::graph::{Attribution, Edge};
 use attrib::prune::{prune, PruneOptions, Pruned};
 use attrib::render::{dag_svg, parse_svg, svg_to_png, PNG_SCALE};
+use common::synthetic::{attribution, nodes, permuted_score, NASTY};
 use resvg::tiny_skia::Pixmap;
 use resvg::usvg::roxmltree;
 
@@ -10,27 +13,10 @@ use resvg::usvg::roxmltree;
 /// `logits`, with signed scores of varied size.
 fn synthetic(layers: usize) -> Attribution {
     let n = 2 * layers + 1;
-    let mut nodes = Vec::with_capacity(n);
-    for k in 0..n {
-        let (id, kind, layer) = match k {
-            0 => ("embeddings".to_owned(), NodeKind::Embeddings, None),
-            k if k % 2 == 1 => (format!("L{}_Attn", k / 2), NodeKind::Attn, Some(k / 2)),
-            k => (
-                format!("L{}_MLP", k / 2 - 1),
-                NodeKind::Mlp,
-                Some(k / 2 - 1),
-            ),
-        };
-        let score = ((k * 37) % n) as f64 * 0.25;
-        nodes.push(Node {
-            id,
-            kind,
-            layer,
-            score,
-            signed: score,
-            per_position: vec![score / 2.0; 4],
-        });
-    }
+    let nodes = nodes(layers, |k| {
+        let score = permuted_score(k, n);
+        (score, score, vec![score / 2.0; 4])
+    });
     let mut ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
     ids.push("logits".into());
     let mut edges = Vec::new();
@@ -51,31 +37,10 @@ fn synthetic(layers: usize) -> Attribution {
             });
         }
     }
+    let tokens = vec!["a".into(), "b".into(), "c".into(), "d".into()];
     Attribution {
-        model: "Qwen/Qwen2.5-0.5B-Instruct".into(),
-        prompt: "<|im_start|>user\n\"a & b\"".into(),
-        chat: true,
-        input_ids: vec![1, 2, 3, 4],
-        tokens: vec!["a".into(), "b".into(), "c".into(), "d".into()],
-        predicted_id: 7,
-        predicted_token: " Paris".into(),
-        target_id: 7,
-        target_token: " Paris".into(),
-        target_logit: 14.5912,
-        contrast_id: None,
-        contrast_token: None,
-        metric: "logit".into(),
-        target_position: 3,
-        target_value: 14.5912,
-        method: "grad_x_act".into(),
-        backend: "ndarray".into(),
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        timings: Timings::default(),
-        nodes,
         edges,
-        heads: vec![],
-        lens: vec![],
+        ..attribution(NASTY, tokens, 3, nodes)
     }
 }
 

@@ -1,68 +1,29 @@
 //! The pathway drawing: SVG structure, and the PNG drawn from it with the embedded font.
 
-use attrib::graph::{Attribution, Node, NodeKind, Timings};
+mod common;
+
+use attrib::graph::Attribution;
 use attrib::render::{layout, parse_svg, pathway_svg, svg_to_png, PNG_SCALE, TARGET_ID};
+use common::synthetic::{attribution, by_id, nodes, permuted_score, texts, NASTY};
 use resvg::tiny_skia::Pixmap;
 use resvg::usvg::{self, roxmltree};
-
-const NASTY: &str = "<|im_start|>user\n\"a & b\"";
 
 /// An attribution with `layers` layers whose node scores are a permutation of
 /// `0, 0.25, …, 0.25·2L` (all distinct, one of them zero).
 fn synthetic(layers: usize, prompt: &str) -> Attribution {
     let n = 2 * layers + 1;
-    let mut nodes = Vec::with_capacity(n);
-    for k in 0..n {
-        let (id, kind, layer) = match k {
-            0 => ("embeddings".to_owned(), NodeKind::Embeddings, None),
-            k if k % 2 == 1 => (format!("L{}_Attn", k / 2), NodeKind::Attn, Some(k / 2)),
-            k => (
-                format!("L{}_MLP", k / 2 - 1),
-                NodeKind::Mlp,
-                Some(k / 2 - 1),
-            ),
-        };
-        let score = ((k * 37) % n) as f64 * 0.25;
-        nodes.push(Node {
-            id,
-            kind,
-            layer,
-            score,
-            signed: if k % 3 == 0 { -score } else { score },
-            per_position: vec![score / 2.0; 4],
-        });
-    }
-    Attribution {
-        model: "Qwen/Qwen2.5-0.5B-Instruct".into(),
-        prompt: prompt.into(),
-        chat: true,
-        input_ids: vec![1, 2, 3, 4],
-        tokens: vec![
-            "<|im_start|>".into(),
-            "user".into(),
-            "\n".into(),
-            " &".into(),
-        ],
-        predicted_id: 7,
-        predicted_token: " Paris".into(),
-        target_id: 7,
-        target_token: " Paris".into(),
-        target_logit: 14.5912,
-        contrast_id: None,
-        contrast_token: None,
-        metric: "logit".into(),
-        target_position: 0,
-        target_value: 14.5912,
-        method: "grad_x_act".into(),
-        backend: "ndarray".into(),
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        timings: Timings::default(),
-        nodes,
-        edges: vec![],
-        heads: vec![],
-        lens: vec![],
-    }
+    let nodes = nodes(layers, |k| {
+        let score = permuted_score(k, n);
+        let signed = if k % 3 == 0 { -score } else { score };
+        (score, signed, vec![score / 2.0; 4])
+    });
+    let tokens = vec![
+        "<|im_start|>".into(),
+        "user".into(),
+        "\n".into(),
+        " &".into(),
+    ];
+    attribution(prompt, tokens, 0, nodes)
 }
 
 fn cases() -> Vec<Attribution> {
@@ -71,21 +32,6 @@ fn cases() -> Vec<Attribution> {
         synthetic(28, NASTY),
         synthetic(24, "The capital of France is"),
     ]
-}
-
-/// The element whose `id` is `id`.
-fn by_id<'a>(doc: &'a roxmltree::Document, id: &str) -> roxmltree::Node<'a, 'a> {
-    doc.descendants()
-        .find(|e| e.attribute("id") == Some(id))
-        .unwrap_or_else(|| panic!("no element with id {id}"))
-}
-
-/// The text of every `<text>` element.
-fn texts(doc: &roxmltree::Document) -> Vec<String> {
-    doc.descendants()
-        .filter(|e| e.has_tag_name("text"))
-        .map(|e| e.text().unwrap_or_default().to_owned())
-        .collect()
 }
 
 #[test]

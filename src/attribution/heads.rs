@@ -74,6 +74,49 @@ pub fn layer_heads<B: Backend>(
         .collect())
 }
 
+/// Edges from each head of a layer to the nodes downstream of its attention output:
+/// `Σ c_h ⊙ g_in(v)`, per position too. A layer's head edges into v sum to the edge
+/// `L{layer}_Attn → v`, since the heads' contributions sum to the attention output.
+///
+/// # Shapes
+/// - `z`: `[1, seq, heads·head_dim]`, `o_proj`: `[heads·head_dim, hidden]`
+/// - `targets`: `(node id, g_in)` with `g_in` `[1, seq, hidden]`
+pub fn layer_head_edges<B: Backend>(
+    layer: usize,
+    heads: usize,
+    z: Tensor<B, 3>,
+    o_proj: Tensor<B, 2>,
+    targets: &[(String, Tensor<B, 3>)],
+) -> Result<Vec<crate::attribution::EdgeScore>, String> {
+    let [_, seq, width] = z.dims();
+    let hidden = o_proj.dims()[1];
+    let head_dim = width / heads;
+    let z = z.reshape([seq, heads, head_dim]).swap_dims(0, 1);
+    // [heads, seq, hidden]: each head's contribution to the residual stream.
+    let contribution = z.matmul(o_proj.reshape([heads, head_dim, hidden]));
+    let mut edges = Vec::with_capacity(heads * targets.len());
+    let mut per_target = Vec::with_capacity(targets.len());
+    for (_, g) in targets {
+        let dots = (contribution.clone() * g.clone().reshape([1, seq, hidden])).sum_dim(2);
+        per_target.push(to_vec(dots.reshape([heads, seq]))?);
+    }
+    for h in 0..heads {
+        for ((target, _), dots) in targets.iter().zip(&per_target) {
+            let per_position: Vec<f64> = dots[h * seq..(h + 1) * seq]
+                .iter()
+                .map(|&d| d as f64)
+                .collect();
+            edges.push(crate::attribution::EdgeScore {
+                source: format!("L{layer}_H{h}"),
+                target: target.clone(),
+                score: per_position.iter().sum(),
+                per_position,
+            });
+        }
+    }
+    Ok(edges)
+}
+
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, String> {
     t.into_data()
         .convert::<f32>()

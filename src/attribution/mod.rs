@@ -40,6 +40,15 @@ pub struct Request<'a> {
     pub ids: &'a [u32],
     /// What is attributed.
     pub objective: Objective,
+    /// What is computed besides nodes, edges, heads and the lens.
+    pub options: Options,
+}
+
+/// Optional, costlier parts of an attribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// Edges from every attention head to every node downstream of its layer's attention.
+    pub head_edges: bool,
 }
 
 /// Milestones of a run, for the terminal.
@@ -94,6 +103,8 @@ pub struct Outcome {
     pub heads: Vec<HeadScore>,
     /// The logit lens after the embeddings and after every sublayer.
     pub lens: Vec<LensEntry>,
+    /// Head → node edges (with `Options::head_edges`), by layer, head, then target.
+    pub head_edges: Vec<EdgeScore>,
     /// How many sites were tapped.
     pub taps: usize,
     /// Load, forward, backward and score times (tokenize and render are the caller's).
@@ -142,7 +153,13 @@ impl BackendJob for Job<'_, '_> {
         let model = load_model::<Autodiff<B>>(request.files, request.config, &device, progress)?;
         let load_s = started.elapsed().as_secs_f64();
         on_event(Event::Loaded { seconds: load_s });
-        let mut outcome = attribute_loaded(&model, request.ids, request.objective, on_event)?;
+        let mut outcome = attribute_loaded_with(
+            &model,
+            request.ids,
+            request.objective,
+            request.options,
+            on_event,
+        )?;
         outcome.timings.load_s = load_s;
         Ok(outcome)
     }
@@ -154,6 +171,17 @@ pub fn attribute_loaded<B: Backend>(
     model: &Qwen2ForCausalLM<Autodiff<B>>,
     ids: &[u32],
     objective: Objective,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Outcome, ModelError> {
+    attribute_loaded_with(model, ids, objective, Options::default(), on_event)
+}
+
+/// [`attribute_loaded`] with the optional parts `options` asks for.
+pub fn attribute_loaded_with<B: Backend>(
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
+    ids: &[u32],
+    objective: Objective,
+    options: Options,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, ModelError> {
     let device = model.model.embed_tokens.weight.val().device();
@@ -254,6 +282,36 @@ pub fn attribute_loaded<B: Backend>(
         );
     }
 
+    let mut head_edges = Vec::new();
+    if options.head_edges {
+        for (layer, block) in model.model.layers.iter().enumerate() {
+            // Every node after this layer's attention reads what its heads wrote.
+            let downstream: Vec<(String, Tensor<B, 3>)> = node_sites
+                .iter()
+                .skip_while(|s| **s != Site::AttnOut(layer))
+                .skip(1)
+                .filter_map(|s| edges::input_site(*s).map(|input| (s.to_string(), input)))
+                .chain(std::iter::once((LOGITS.to_string(), Site::FinalIn)))
+                .map(|(id, input)| (id, grad_tensors[&input].clone()))
+                .collect();
+            let tap = taps
+                .taps
+                .iter()
+                .find(|t| t.site == Site::HeadOut(layer))
+                .expect("every layer has a HeadOut tap");
+            head_edges.extend(
+                heads::layer_head_edges(
+                    layer,
+                    c.num_attention_heads,
+                    tap.activation.clone(),
+                    block.self_attn.o_proj.weight.val().inner(),
+                    &downstream,
+                )
+                .map_err(ModelError::Source)?,
+            );
+        }
+    }
+
     let lens = logit_lens(model, &node_data, position, seq, target_id)?;
     Ok(Outcome {
         predicted_id,
@@ -266,6 +324,7 @@ pub fn attribute_loaded<B: Backend>(
         edges,
         heads,
         lens,
+        head_edges,
         taps: taps.taps.len(),
         timings: Timings {
             forward_s,

@@ -7,43 +7,34 @@
 //! the whole map. The column of the target position is outlined. Cells carry
 //! `id="cell-{node}-{position}"` and a `<title>` tooltip with the exact score.
 //!
-//! The text helpers mirror those of the pathway SVG (same font metrics, escaping and fitting),
-//! so both drawings look alike and render identically with the embedded font.
+//! Text, title, legend and caption come from the helpers every drawing shares (same font
+//! metrics, escaping and fitting), so the drawings look alike and render identically with the
+//! embedded font.
 
 use std::fmt::Write as _;
 
-use super::color::{self, hex, ramp};
+use super::color::{hex, ramp};
 use super::svg::FONT_FAMILY;
+use super::text::{
+    self, begin_svg, caption, escape, fit, norm, score_legend, subtitle, text_width, title,
+    visible, INK, MARGIN,
+};
 use crate::graph::Attribution;
 
 /// The narrowest canvas: room for the title and the legend.
 const MIN_WIDTH: f64 = 700.0;
-const MARGIN: f64 = 20.0;
 /// Top of the column headers (below title, subtitle, legend and caption).
 const HEADERS_TOP: f64 = 108.0;
 /// The narrowest cell; a few tokens get wider ones, up to [`MAX_CELL_W`].
 const CELL_W: f64 = 18.0;
 const MAX_CELL_W: f64 = 40.0;
 const CELL_H: f64 = 14.0;
-const FONT: f64 = 12.0;
 const LABEL_FONT: f64 = 11.0;
-const TITLE_FONT: f64 = 16.0;
 /// The longest a column header may be (it is rotated, so this is height).
 const HEADER_MAX: f64 = 110.0;
 const GAP: f64 = 6.0;
-const MUTED: &str = "#555555";
 const GRID_STROKE: &str = "#ffffff";
 const TARGET_STROKE: &str = "#2c5d8f";
-
-/// DejaVu Sans advance widths of ASCII `' '..='~'`, in font units (2048 per em).
-const ASCII_ADVANCE: [u16; 95] = [
-    651, 821, 942, 1716, 1303, 1946, 1597, 563, 799, 799, 1024, 1716, 651, 739, 651, 690, 1303,
-    1303, 1303, 1303, 1303, 1303, 1303, 1303, 1303, 1303, 690, 690, 1716, 1716, 1716, 1087, 2048,
-    1401, 1405, 1430, 1577, 1294, 1178, 1587, 1540, 604, 604, 1343, 1141, 1767, 1532, 1612, 1235,
-    1612, 1423, 1300, 1251, 1499, 1401, 2025, 1403, 1251, 1403, 799, 690, 799, 1716, 1024, 1024,
-    1255, 1300, 1126, 1300, 1260, 721, 1300, 1298, 569, 569, 1186, 569, 1995, 1298, 1253, 1300,
-    1300, 842, 1067, 803, 1298, 1212, 1675, 1212, 1212, 1075, 1303, 690, 1303, 1716,
-];
 
 /// Where the heatmap's parts go, in SVG user units (pixels at scale 1).
 #[derive(Debug, Clone, PartialEq)]
@@ -134,14 +125,7 @@ pub fn heatmap_svg(a: &Attribution) -> String {
         .filter(|v| v.is_finite())
         .reduce(f64::min)
         .unwrap_or(0.0);
-    let (w, h) = (lay.width, lay.height);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="{FONT_FAMILY}" font-size="{FONT}">"#
-    );
-    defs(&mut s);
-    let _ = writeln!(s, r##"<rect width="{w}" height="{h}" fill="#ffffff"/>"##);
+    let mut s = begin_svg(lay.width, lay.height, None);
     header(&mut s, a, &lay, min, max);
 
     // Column headers, rotated to read bottom → top, ending just above the grid.
@@ -152,7 +136,7 @@ pub fn heatmap_svg(a: &Attribution) -> String {
         let ink = if p == a.target_position {
             TARGET_STROKE
         } else {
-            "#111111"
+            INK
         };
         let _ = writeln!(
             s,
@@ -165,12 +149,12 @@ pub fn heatmap_svg(a: &Attribution) -> String {
     s.push_str("<g class=\"cells\">\n");
     for (r, node) in a.nodes.iter().enumerate() {
         let (_, y) = lay.cell(r, 0);
-        text(
+        text::text(
             &mut s,
             lay.grid_x - GAP,
             y + CELL_H / 2.0 + LABEL_FONT * 0.35,
             LABEL_FONT,
-            "#111111",
+            INK,
             "end",
             &node.id,
         );
@@ -204,91 +188,17 @@ pub fn heatmap_svg(a: &Attribution) -> String {
     s
 }
 
-/// The legend's gradient.
-fn defs(s: &mut String) {
-    s.push_str("<defs>\n");
-    s.push_str(r#"<linearGradient id="score-scale" x1="0" y1="0" x2="1" y2="0">"#);
-    let last = (color::STOPS.len() - 1) as f64;
-    for (i, c) in color::STOPS.iter().enumerate() {
-        let _ = write!(
-            s,
-            r#"<stop offset="{:.4}" stop-color="{}"/>"#,
-            i as f64 / last,
-            hex(*c)
-        );
-    }
-    s.push_str("</linearGradient>\n</defs>\n");
-}
-
 /// Title, subtitle, colour legend and caption, as in the pathway drawing.
 fn header(s: &mut String, a: &Attribution, lay: &HeatmapLayout, min: f64, max: f64) {
     let room = lay.width - 2.0 * MARGIN;
-    let target = fit(&visible(&a.target_token), TITLE_FONT, room / 3.0);
-    let tail = format!("\" → \"{target}\" (logit {:.2})", a.target_logit);
-    let prompt_room = room - text_width(&tail, TITLE_FONT) - text_width("\"", TITLE_FONT);
-    let prompt = fit(&visible(&a.prompt), TITLE_FONT, prompt_room);
-    text(
-        s,
-        MARGIN,
-        30.0,
-        TITLE_FONT,
-        "#111111",
-        "start",
-        &format!("\"{prompt}{tail}"),
-    );
-
-    let mut sub = format!(
-        "{} · {} on {}, {} · {} · {} tokens × {} nodes",
-        a.model,
-        a.backend,
-        a.device,
-        a.dtype,
-        a.method,
-        a.tokens.len(),
-        a.nodes.len()
-    );
-    if a.chat {
-        sub.push_str(" · chat template");
-    }
-    text(
-        s,
-        MARGIN,
-        50.0,
-        FONT,
-        MUTED,
-        "start",
-        &fit(&visible(&sub), FONT, room),
-    );
-
-    let (bar_x, bar_w, bar_y) = (124.0, 240.0, 64.0);
-    text(s, MARGIN, bar_y + 10.0, FONT, "#111111", "start", "score");
-    text(s, bar_x - 6.0, bar_y + 10.0, FONT, "#111111", "end", "0");
-    let _ = writeln!(
-        s,
-        r##"<rect id="legend" x="{bar_x}" y="{bar_y}" width="{bar_w}" height="12" fill="url(#score-scale)" stroke="#5a5a5a" stroke-width="0.8"/>"##
-    );
-    text(
-        s,
-        bar_x + bar_w + 6.0,
-        bar_y + 10.0,
-        FONT,
-        "#111111",
-        "start",
-        &format!("{max:.4}"),
-    );
-    let caption = format!(
+    title(s, a, room);
+    subtitle(s, a, &format!(" × {} nodes", a.nodes.len()), false, room);
+    score_legend(s, 124.0, 64.0, 240.0, max);
+    let about = format!(
         "cell colour: per-position score ‖g⊙a‖₂ ÷ max · min {min:.4} · max {max:.4} · target position {} outlined",
         a.target_position
     );
-    text(
-        s,
-        MARGIN,
-        94.0,
-        11.0,
-        MUTED,
-        "start",
-        &fit(&caption, 11.0, room),
-    );
+    caption(s, 94.0, &about, room);
 }
 
 /// The header of column `p`: `{p} {token}` with the token shown on one line, its leading and
@@ -311,87 +221,6 @@ fn show_spaces(s: &str) -> String {
     let lead = s.len() - s.trim_start_matches(' ').len();
     let trail = s.len() - s.trim_end_matches(' ').len();
     format!("{}{body}{}", "␣".repeat(lead), "␣".repeat(trail))
-}
-
-/// One `<text>` element; `content` is escaped here.
-fn text(s: &mut String, x: f64, y: f64, size: f64, fill: &str, anchor: &str, content: &str) {
-    let _ = writeln!(
-        s,
-        r#"<text x="{x:.1}" y="{y:.1}" font-family="{FONT_FAMILY}" font-size="{size}" fill="{fill}" text-anchor="{anchor}" xml:space="preserve">{}</text>"#,
-        escape(content)
-    );
-}
-
-/// `score / max` in `[0, 1]`; 0 when there is nothing to normalise by.
-fn norm(score: f64, max: f64) -> f64 {
-    if max > 0.0 && max.is_finite() && score.is_finite() {
-        (score / max).clamp(0.0, 1.0)
-    } else {
-        0.0
-    }
-}
-
-/// Text as it should be shown on one line: line breaks as `⏎`, tabs as spaces, other control
-/// characters as `�`.
-fn visible(s: &str) -> String {
-    s.replace("\r\n", "\n")
-        .chars()
-        .map(|c| match c {
-            '\n' | '\r' => '⏎',
-            '\t' => ' ',
-            c if c.is_control() => '\u{fffd}',
-            c => c,
-        })
-        .collect()
-}
-
-/// XML-escapes text or an attribute value.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// An upper bound of the width of `s` in DejaVu Sans at `size` px (kerning only narrows it);
-/// characters outside ASCII count as a full em.
-fn text_width(s: &str, size: f64) -> f64 {
-    let units: f64 = s
-        .chars()
-        .map(|c| match c {
-            ' '..='~' => ASCII_ADVANCE[c as usize - 0x20] as f64,
-            _ => 2048.0,
-        })
-        .sum();
-    units / 2048.0 * size
-}
-
-/// `s`, cut and ended with `…` if it is wider than `max_w` at `size` px.
-fn fit(s: &str, size: f64, max_w: f64) -> String {
-    if text_width(s, size) <= max_w {
-        return s.to_owned();
-    }
-    let budget = max_w - text_width("…", size);
-    let mut out = String::new();
-    let mut used = 0.0;
-    for c in s.chars() {
-        let w = text_width(c.encode_utf8(&mut [0; 4]), size);
-        if used + w > budget {
-            break;
-        }
-        used += w;
-        out.push(c);
-    }
-    out.push('…');
-    out
 }
 
 #[cfg(test)]

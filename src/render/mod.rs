@@ -9,6 +9,7 @@ pub mod dag;
 pub mod heatmap;
 pub mod png;
 pub mod svg;
+mod text;
 
 pub use dag::dag_svg;
 pub use heatmap::{heatmap_layout, heatmap_svg, max_per_position, HeatmapLayout};

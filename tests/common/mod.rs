@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod edges;
+pub mod synthetic;
 
 use std::path::PathBuf;
 
