@@ -229,16 +229,18 @@ fn to_graph(
         })
         .collect();
     let text = |id: u32| tokenizer.token_text(id);
-    let edges = outcome
-        .edges
-        .into_iter()
-        .map(|e| Edge {
-            source: e.source,
-            target: e.target,
-            score: e.score,
-            per_position: e.per_position,
-        })
-        .collect();
+    let to_edges = |edges: Vec<attribution::EdgeScore>| -> Vec<Edge> {
+        edges
+            .into_iter()
+            .map(|e| Edge {
+                source: e.source,
+                target: e.target,
+                score: e.score,
+                per_position: e.per_position,
+            })
+            .collect()
+    };
+    let edges = to_edges(outcome.edges);
     let heads = outcome
         .heads
         .into_iter()
@@ -251,16 +253,7 @@ fn to_graph(
             per_position: h.per_position,
         })
         .collect();
-    let head_edges = outcome
-        .head_edges
-        .into_iter()
-        .map(|e| Edge {
-            source: e.source,
-            target: e.target,
-            score: e.score,
-            per_position: e.per_position,
-        })
-        .collect();
+    let head_edges = to_edges(outcome.head_edges);
     let lens = outcome
         .lens
         .into_iter()
