@@ -172,3 +172,38 @@ impl Attribution {
         self.nodes.iter().find(|n| n.id == id)
     }
 }
+
+#[cfg(test)]
+impl Attribution {
+    /// A one-token attribution with the given nodes and edges and placeholder metadata, for
+    /// unit tests of code that reads only the graph.
+    pub(crate) fn from_graph(nodes: Vec<Node>, edges: Vec<Edge>) -> Self {
+        Attribution {
+            model: "m".into(),
+            prompt: "p".into(),
+            chat: false,
+            input_ids: vec![1],
+            tokens: vec!["p".into()],
+            predicted_id: 1,
+            predicted_token: "x".into(),
+            target_id: 1,
+            target_token: "x".into(),
+            target_logit: 1.0,
+            contrast_id: None,
+            contrast_token: None,
+            metric: "logit".into(),
+            target_position: 0,
+            target_value: 1.0,
+            method: "grad_x_activation".into(),
+            backend: "ndarray".into(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            timings: Timings::default(),
+            nodes,
+            edges,
+            heads: vec![],
+            lens: vec![],
+            head_edges: vec![],
+        }
+    }
+}

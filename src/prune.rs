@@ -226,7 +226,7 @@ fn reach(sorted: &[f64], threshold: f64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Edge, Node, NodeKind, Timings};
+    use crate::graph::{Edge, Node, NodeKind};
 
     const E: &str = "embeddings";
     const A0: &str = "L0_Attn";
@@ -239,41 +239,16 @@ mod tests {
             nodes.push(node(format!("L{i}_Attn"), NodeKind::Attn, Some(i)));
             nodes.push(node(format!("L{i}_MLP"), NodeKind::Mlp, Some(i)));
         }
-        Attribution {
-            model: "m".into(),
-            prompt: "p".into(),
-            chat: false,
-            input_ids: vec![1],
-            tokens: vec!["p".into()],
-            predicted_id: 2,
-            predicted_token: "q".into(),
-            target_id: 2,
-            target_token: "q".into(),
-            target_logit: 1.0,
-            contrast_id: None,
-            contrast_token: None,
-            metric: "logit".into(),
-            target_position: 0,
-            target_value: 1.0,
-            method: "grad_x_act".into(),
-            backend: "ndarray".into(),
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            timings: Timings::default(),
-            nodes,
-            edges: edges
-                .iter()
-                .map(|&(s, t, score)| Edge {
-                    source: s.into(),
-                    target: t.into(),
-                    score,
-                    per_position: vec![score],
-                })
-                .collect(),
-            heads: vec![],
-            lens: vec![],
-            head_edges: vec![],
-        }
+        let edges = edges
+            .iter()
+            .map(|&(s, t, score)| Edge {
+                source: s.into(),
+                target: t.into(),
+                score,
+                per_position: vec![score],
+            })
+            .collect();
+        Attribution::from_graph(nodes, edges)
     }
 
     fn node(id: String, kind: NodeKind, layer: Option<usize>) -> Node {

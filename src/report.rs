@@ -99,33 +99,8 @@ mod tests {
             signed: -score / 2.0,
             per_position: vec![score],
         };
-        let a = Attribution {
-            model: "m".into(),
-            prompt: "p".into(),
-            chat: false,
-            input_ids: vec![1],
-            tokens: vec!["p".into()],
-            predicted_id: 1,
-            predicted_token: "x".into(),
-            target_id: 1,
-            target_token: "x".into(),
-            target_logit: 1.0,
-            contrast_id: None,
-            contrast_token: None,
-            metric: "logit".into(),
-            target_position: 0,
-            target_value: 1.0,
-            method: "grad_x_activation".into(),
-            backend: "ndarray".into(),
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            timings: Timings::default(),
-            nodes: vec![node("embeddings", 2.0), node("L10_MLP", 0.5)],
-            edges: vec![],
-            heads: vec![],
-            lens: vec![],
-            head_edges: vec![],
-        };
+        let a =
+            Attribution::from_graph(vec![node("embeddings", 2.0), node("L10_MLP", 0.5)], vec![]);
         let table = score_table(&a);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
