@@ -156,9 +156,14 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         match &self.lm_head {
             Some(head) => head.forward(normed),
             None => {
-                // Tied head: logits = h · Eᵀ with E the `[vocab, hidden]` embedding.
-                let weight = self.model.embed_tokens.weight.val().transpose();
-                burn::tensor::module::linear(normed, weight, None)
+                // Tied head: logits = h · Eᵀ with E the `[vocab, hidden]` embedding, computed
+                // as (E · hᵀ)ᵀ so that E is read in place: a transposed view of the whole table
+                // would be copied (hundreds of MB) on every call by some backends.
+                let [batch, seq, hidden] = normed.dims();
+                let table = self.model.embed_tokens.weight.val();
+                let vocab = table.dims()[0];
+                let rows = normed.reshape([batch * seq, hidden]).transpose();
+                table.matmul(rows).transpose().reshape([batch, seq, vocab])
             }
         }
     }
