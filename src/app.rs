@@ -14,10 +14,11 @@ use crate::output::{prepare_dir, write_atomic};
 use crate::progress::Progress;
 use crate::prompt::PromptTokenizer;
 use crate::prune::{prune, PruneOptions};
-use crate::{render, source};
+use crate::{neuronpedia, render, source};
 
-/// Runs Grad×Activation attribution as `args` asks and writes `attribution.json`,
-/// `graph.svg` and `graph.png` into `args.out`.
+/// Runs Grad×Activation attribution as `args` asks and writes into `args.out`:
+/// `attribution.json`, `graph.neuronpedia.json`, `graph.html`, and the pathway
+/// (`graph`), pruned DAG (`graph-dag`) and heatmap pictures as SVG and PNG.
 ///
 /// Everything a user can get wrong (backend, output folder, model, prompt, target) is checked
 /// before the weights are loaded.
@@ -114,14 +115,23 @@ pub fn attribute_command(
         files.push((format!("{name}.svg"), svg.into_bytes()));
         files.push((format!("{name}.png"), png));
     }
+    let page = render::graph_html(&graph, &pruned);
+    files.push(("graph.html".into(), page.into_bytes()));
     graph.timings.render_s = started.elapsed().as_secs_f64();
     let json = serde_json::to_string_pretty(&graph)? + "\n";
     files.push(("attribution.json".into(), json.into_bytes()));
+    let slug = match &args.slug {
+        Some(slug) => slug.clone(),
+        None => neuronpedia::default_slug(&graph),
+    };
+    let viewer = neuronpedia::neuronpedia_graph(&graph, &pruned, &slug);
+    let viewer = serde_json::to_string(&viewer)? + "\n";
+    files.push(("graph.neuronpedia.json".into(), viewer.into_bytes()));
     for (name, bytes) in &files {
         write_atomic(&args.out.join(name), bytes)?;
     }
     say(format!(
-        "Wrote {}: attribution.json, graph, graph-dag (kept {} of {} nodes, {} of {} edges) and heatmap as SVG and PNG",
+        "Wrote {}: attribution.json, graph.html, graph.neuronpedia.json, graph, graph-dag (kept {} of {} nodes, {} of {} edges) and heatmap as SVG and PNG",
         args.out.display(),
         pruned.nodes.len().saturating_sub(1),
         graph.nodes.len(),

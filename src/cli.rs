@@ -85,6 +85,9 @@ pub struct AttributeArgs {
     /// Pruned DAG: keep the N strongest edges instead of the thresholds.
     #[arg(long)]
     pub top_edges: Option<usize>,
+    /// The graph's id in graph.neuronpedia.json (default: from the model name and prompt).
+    #[arg(long)]
+    pub slug: Option<String>,
     /// Folder for attribution.json, graph.svg and graph.png (created if missing).
     #[arg(long, default_value = "attrib-out")]
     pub out: PathBuf,

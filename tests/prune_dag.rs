@@ -2,9 +2,10 @@
 
 mod common;
 
-use attrib::graph::{Attribution, Edge};
+use attrib::graph::{Attribution, Edge, Head};
 use attrib::prune::{prune, PruneOptions, Pruned};
-use attrib::render::{dag_svg, parse_svg, svg_to_png, PNG_SCALE};
+use attrib::render::dag::{HEADS_W, MAX_HEADS};
+use attrib::render::{dag_svg, layer_heads, parse_svg, svg_to_png, PNG_SCALE};
 use common::synthetic::{attribution, nodes, permuted_score, NASTY};
 use resvg::tiny_skia::Pixmap;
 use resvg::usvg::roxmltree;
@@ -151,4 +152,112 @@ fn drawing_is_deterministic() {
     let a = synthetic(28);
     let p = prune(&a, &PruneOptions::default());
     assert_eq!(dag_svg(&a, &p), dag_svg(&a, &p));
+}
+
+/// `synthetic(layers)` with 6 heads a layer and head → node edges that split each attention
+/// edge unevenly among them (head `h` of layer `l` gets a share growing with `(h + l) % 6`).
+fn with_heads(layers: usize) -> Attribution {
+    let mut a = synthetic(layers);
+    for l in 0..layers {
+        for h in 0..6 {
+            a.heads.push(Head {
+                id: format!("L{l}_H{h}"),
+                layer: l,
+                head: h,
+                signed: 0.1 * h as f64,
+                score: 0.05 * (1 + (h * 5 + l) % 6) as f64,
+                per_position: vec![0.0; 4],
+            });
+        }
+    }
+    let total: f64 = (0..6).map(|k| k as f64).sum();
+    let mut head_edges = Vec::new();
+    for e in a.edges.iter().filter(|e| e.source.ends_with("_Attn")) {
+        let l: usize = e.source[1..e.source.find('_').unwrap()].parse().unwrap();
+        for h in 0..6 {
+            let share = ((h + l) % 6) as f64 / total;
+            head_edges.push(Edge {
+                source: format!("L{l}_H{h}"),
+                target: e.target.clone(),
+                score: e.score * share,
+                per_position: vec![e.score * share / 4.0; 4],
+            });
+        }
+    }
+    a.head_edges = head_edges;
+    a
+}
+
+#[test]
+fn heads_are_drawn_next_to_their_attention_box() {
+    for layers in [3, 28] {
+        let a = with_heads(layers);
+        let p = prune(&a, &PruneOptions::default());
+        let svg = dag_svg(&a, &p);
+        check_drawing(&a, &p);
+        let tree = parse_svg(&svg).unwrap();
+        assert_eq!(tree.size().width() as f64, 900.0 + HEADS_W);
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        let rect = |id: &str| {
+            doc.descendants()
+                .find(|e| e.has_tag_name("rect") && e.attribute("id") == Some(id))
+        };
+        let x = |e: roxmltree::Node, k: &str| e.attribute(k).unwrap().parse::<f64>().unwrap();
+        let mut drawn = 0;
+        for l in 0..layers {
+            let attn = format!("L{l}_Attn");
+            let chosen = layer_heads(&a, &p, l);
+            // Each head's weight is its share of the kept edges out of this attention, so the
+            // order follows (h + l) % 6 and only heads with a non-zero share appear.
+            let kept_out: f64 = p
+                .edges
+                .iter()
+                .map(|&i| &a.edges[i])
+                .filter(|e| e.source == attn)
+                .map(|e| e.score.abs())
+                .sum();
+            if !p.keeps(&attn) || kept_out == 0.0 {
+                assert!(rect(&format!("head-L{l}_H0")).is_none());
+                continue;
+            }
+            assert_eq!(chosen.len(), MAX_HEADS);
+            let total: f64 = (0..6).map(|k| k as f64).sum();
+            for (k, c) in chosen.iter().enumerate() {
+                assert_eq!((c.head + l) % 6, 5 - k, "{attn}: {chosen:?}");
+                let want = kept_out * ((c.head + l) % 6) as f64 / total;
+                assert!((c.weight - want).abs() <= 1e-9 * want, "{c:?} vs {want}");
+            }
+            // Chips sit left of the attention box, strongest nearest, without overlapping.
+            let boxed = rect(&format!("node-{attn}")).unwrap();
+            let mut right_edge = x(boxed, "x");
+            for c in &chosen {
+                let chip = rect(&format!("head-{}", c.id)).expect("chip drawn");
+                let (cx, cw) = (x(chip, "x"), x(chip, "width"));
+                assert!(cx + cw < right_edge, "{} overlaps", c.id);
+                assert!(cx > 60.0, "{} runs into the layer labels", c.id);
+                right_edge = cx;
+                drawn += 1;
+            }
+            for h in 0..6 {
+                let id = format!("head-L{l}_H{h}");
+                assert_eq!(rect(&id).is_some(), chosen.iter().any(|c| c.head == h));
+            }
+        }
+        assert!(drawn > 0);
+        let heads_drawn = doc
+            .descendants()
+            .filter(|e| e.attribute("id").is_some_and(|id| id.starts_with("head-")))
+            .count();
+        assert_eq!(heads_drawn, drawn);
+    }
+}
+
+#[test]
+fn without_head_edges_no_heads_are_drawn() {
+    let mut a = with_heads(3);
+    a.head_edges.clear();
+    let p = prune(&a, &PruneOptions::default());
+    let svg = dag_svg(&a, &p);
+    assert!(!svg.contains("head-"));
+    assert_eq!(parse_svg(&svg).unwrap().size().width(), 900.0);
 }

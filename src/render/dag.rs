@@ -9,6 +9,10 @@
 //! `|score|` (1–8 px, normalised by the largest kept `|score|`), colour shows the sign; box
 //! colour is the node's score on the pathway drawing's scale, normalised by the largest kept
 //! score.
+//!
+//! With head edges (`--heads`) the picture is [`HEADS_W`] wider and each kept attention box has
+//! its strongest heads as chips at its left (see [`layer_heads`]): the heads whose head → node
+//! edges carry most of the layer's kept edges, coloured by their own score on the same scale.
 
 use std::fmt::Write as _;
 
@@ -21,6 +25,12 @@ use crate::graph::{Attribution, NodeKind};
 use crate::prune::Pruned;
 
 const WIDTH: f64 = 900.0;
+/// The extra room at the left for head chips.
+pub const HEADS_W: f64 = 200.0;
+/// Head chips per attention box, at most.
+pub const MAX_HEADS: usize = 4;
+const CHIP_W: f64 = 44.0;
+const CHIP_GAP: f64 = 4.0;
 const ROWS_TOP: f64 = 140.0;
 const PITCH: f64 = 40.0;
 const BOX_H: f64 = 22.0;
@@ -59,12 +69,20 @@ impl Place {
 /// come from [`prune`](crate::prune::prune) on the same `a`.
 pub fn dag_svg(a: &Attribution, pruned: &Pruned) -> String {
     let layers = layer_count(a);
-    let row_y = |row: usize| ROWS_TOP + row as f64 * PITCH;
+    let shift = if a.head_edges.is_empty() {
+        0.0
+    } else {
+        HEADS_W
+    };
+    let width = WIDTH + shift;
+    let (attn_x, mlp_x) = (ATTN_X + shift, MLP_X + shift);
+    let top = ROWS_TOP + if shift > 0.0 { 14.0 } else { 0.0 };
+    let row_y = |row: usize| top + row as f64 * PITCH;
     let height = row_y(layers + 1) + BOX_H + MARGIN;
     let place = |id: &str| -> Option<Place> {
         if id == TARGET_ID {
             return Some(Place {
-                x: MLP_X,
+                x: mlp_x,
                 y: row_y(0),
             });
         }
@@ -72,15 +90,15 @@ pub fn dag_svg(a: &Attribution, pruned: &Pruned) -> String {
         let row = layers.saturating_sub(n.layer.unwrap_or(0)).max(1);
         Some(match n.kind {
             NodeKind::Embeddings => Place {
-                x: ATTN_X,
+                x: attn_x,
                 y: row_y(layers + 1),
             },
             NodeKind::Attn => Place {
-                x: ATTN_X,
+                x: attn_x,
                 y: row_y(row),
             },
             NodeKind::Mlp => Place {
-                x: MLP_X,
+                x: mlp_x,
                 y: row_y(row),
             },
         })
@@ -103,8 +121,8 @@ pub fn dag_svg(a: &Attribution, pruned: &Pruned) -> String {
         .filter(|s| s.is_finite())
         .fold(0.0, f64::max);
 
-    let mut s = begin_svg(WIDTH, height, None);
-    header(&mut s, a, pruned, node_max, edge_max);
+    let mut s = begin_svg(width, height, None);
+    header(&mut s, a, pruned, node_max, edge_max, width);
 
     for i in 0..layers {
         let y = row_y(layers - i) + baseline(BOX_H);
@@ -138,6 +156,9 @@ pub fn dag_svg(a: &Attribution, pruned: &Pruned) -> String {
         let paint = BoxPaint::scored(n.score, node_max);
         let score = format!("{:.4}", n.score);
         node_box(&mut s, &n.id, p, &paint, &n.id, &score);
+        if let (NodeKind::Attn, Some(layer)) = (n.kind, n.layer) {
+            head_chips(&mut s, a, pruned, layer, p, node_max);
+        }
     }
     if let Some(p) = place(TARGET_ID) {
         let (label, logit) = text::target_label(a, BOX_W);
@@ -148,8 +169,15 @@ pub fn dag_svg(a: &Attribution, pruned: &Pruned) -> String {
 }
 
 /// Title, subtitle, what was kept, and the legends.
-fn header(s: &mut String, a: &Attribution, pruned: &Pruned, node_max: f64, edge_max: f64) {
-    let room = WIDTH - 2.0 * MARGIN;
+fn header(
+    s: &mut String,
+    a: &Attribution,
+    pruned: &Pruned,
+    node_max: f64,
+    edge_max: f64,
+    width: f64,
+) {
+    let room = width - 2.0 * MARGIN;
     title(s, a, room);
     subtitle(s, a, "", true, room);
 
@@ -187,6 +215,102 @@ fn header(s: &mut String, a: &Attribution, pruned: &Pruned, node_max: f64, edge_
         "box colour: node score ‖g⊙a‖₂ ÷ max kept · edge width ∝ |edge score| (max {edge_max:.4}) · edges run from a box's lower half to the next's upper half, bottom → top"
     );
     caption(s, 118.0, &about, room);
+    if !a.head_edges.is_empty() {
+        let heads = format!(
+            "chips left of an attention box: its {MAX_HEADS} heads (at most) with the largest Σ|head → node edge| into the kept nodes, coloured by head score ‖c_h⊙g‖₂"
+        );
+        caption(s, 132.0, &heads, room);
+    }
+}
+
+/// A head chosen for the picture: its id, number, score, and `Σ |head → v|` over the kept
+/// edges out of its layer's attention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChosenHead {
+    /// `L{layer}_H{head}`.
+    pub id: String,
+    /// The head's number in its layer.
+    pub head: usize,
+    /// The head's score `‖c_h ⊙ g‖₂`.
+    pub score: f64,
+    /// `Σ |head → v|` over the kept edges `L{layer}_Attn → v`.
+    pub weight: f64,
+}
+
+/// The heads drawn next to layer `layer`'s attention box: at most [`MAX_HEADS`], largest
+/// `weight` first, each carrying at least 5% of the largest; none without head edges.
+pub fn layer_heads(a: &Attribution, pruned: &Pruned, layer: usize) -> Vec<ChosenHead> {
+    let attn = format!("L{layer}_Attn");
+    let kept_targets: Vec<&str> = pruned
+        .edges
+        .iter()
+        .filter_map(|&i| a.edges.get(i))
+        .filter(|e| e.source == attn)
+        .map(|e| e.target.as_str())
+        .collect();
+    let mut chosen: Vec<ChosenHead> = a
+        .heads
+        .iter()
+        .filter(|h| h.layer == layer)
+        .map(|h| ChosenHead {
+            id: h.id.clone(),
+            head: h.head,
+            score: h.score,
+            weight: a
+                .head_edges
+                .iter()
+                .filter(|e| e.source == h.id && kept_targets.contains(&e.target.as_str()))
+                .map(|e| e.score.abs())
+                .filter(|w| w.is_finite())
+                .sum(),
+        })
+        .filter(|h| h.weight > 0.0)
+        .collect();
+    chosen.sort_by(|x, y| y.weight.total_cmp(&x.weight).then(x.head.cmp(&y.head)));
+    let top = chosen.first().map_or(0.0, |h| h.weight);
+    chosen.retain(|h| h.weight >= 0.05 * top);
+    chosen.truncate(MAX_HEADS);
+    chosen
+}
+
+/// Layer `layer`'s chosen heads as chips right to left from the attention box at `p`, the
+/// strongest nearest, joined to it by a thin line.
+fn head_chips(s: &mut String, a: &Attribution, pruned: &Pruned, layer: usize, p: Place, max: f64) {
+    let heads = layer_heads(a, pruned, layer);
+    if heads.is_empty() {
+        return;
+    }
+    let y = p.y + 2.0;
+    let h = BOX_H - 4.0;
+    let left = p.x - 8.0 - heads.len() as f64 * (CHIP_W + CHIP_GAP);
+    let _ = writeln!(
+        s,
+        r##"<path class="head-link" d="M{left:.1},{:.1} H{:.1}" stroke="#9a9a9a" stroke-width="1"/>"##,
+        p.y + BOX_H / 2.0,
+        p.x
+    );
+    for (k, head) in heads.iter().enumerate() {
+        let x = p.x - 8.0 - (k + 1) as f64 * (CHIP_W + CHIP_GAP) + CHIP_GAP;
+        let BoxPaint { fill, stroke, ink } = BoxPaint::scored(head.score, max);
+        let _ = writeln!(
+            s,
+            r#"<g class="head"><title>{}: score {:.4}, Σ|edges| into kept nodes {:.4}</title><rect id="head-{}" x="{x:.1}" y="{y:.1}" width="{CHIP_W}" height="{h:.1}" rx="3" fill="{fill}" stroke="{stroke}" stroke-width="0.6"/>"#,
+            escape(&head.id),
+            head.score,
+            head.weight,
+            escape(&head.id)
+        );
+        text::text(
+            s,
+            x + CHIP_W / 2.0,
+            y + baseline(h),
+            FONT,
+            ink,
+            "middle",
+            &format!("H{}", head.head),
+        );
+        s.push_str("</g>\n");
+    }
 }
 
 /// A box with a label at its left (cut to leave room) and a value at its right.

@@ -252,9 +252,9 @@ pub(crate) fn caption(s: &mut String, y: f64, caption: &str, room: f64) {
 
 /// How a box is painted: fill, outline, and the colour of its text.
 pub(crate) struct BoxPaint {
-    fill: String,
-    stroke: &'static str,
-    ink: &'static str,
+    pub(crate) fill: String,
+    pub(crate) stroke: &'static str,
+    pub(crate) ink: &'static str,
 }
 
 impl BoxPaint {
