@@ -65,6 +65,7 @@ pub fn attribute_command(
         objective,
         options: attribution::Options {
             head_edges: args.heads,
+            nodes_only: args.nodes_only,
         },
     };
     let mut on_event = |event: Event| {

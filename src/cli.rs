@@ -75,6 +75,10 @@ pub struct AttributeArgs {
     /// Also print the strongest attention heads, and add head → node edges to the JSON.
     #[arg(long)]
     pub heads: bool,
+    /// Only the node scores: no edges, heads or logit lens (faster; the pruned views are
+    /// then empty).
+    #[arg(long, conflicts_with_all = ["heads", "lens"])]
+    pub nodes_only: bool,
     /// Pruned DAG: keep the fewest nodes whose cumulative influence on the target reaches
     /// this fraction.
     #[arg(long, default_value_t = 0.8, value_parser = fraction)]

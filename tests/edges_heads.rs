@@ -224,7 +224,10 @@ fn head_edges_sum_to_their_attention_nodes_edges() {
 
     let model = load("tiny-tied");
     let ids = &reference("tiny-tied").cases[3].input_ids;
-    let with = Options { head_edges: true };
+    let with = Options {
+        head_edges: true,
+        ..Options::default()
+    };
     let out = attribute_loaded_with(&model, ids, Objective::default(), with, &mut |_| {}).unwrap();
     let layers = model.config.num_hidden_layers;
     let heads = model.config.num_attention_heads;
@@ -261,4 +264,37 @@ fn head_edges_sum_to_their_attention_nodes_edges() {
     }
     // Without the option there are none.
     assert!(run(&model, ids, Objective::default()).head_edges.is_empty());
+}
+
+#[test]
+fn nodes_only_taps_the_nodes_and_scores_them_alike() {
+    use attrib::attribution::{attribute_loaded_with, Options};
+
+    let model = load("tiny-untied");
+    let ids = &reference("tiny-untied").cases[2].input_ids;
+    let full = run(&model, ids, Objective::default());
+    let only = Options {
+        nodes_only: true,
+        ..Options::default()
+    };
+    let out = attribute_loaded_with(&model, ids, Objective::default(), only, &mut |_| {}).unwrap();
+    let layers = model.config.num_hidden_layers;
+    assert_eq!(out.taps, 2 * layers + 1);
+    assert!(full.taps > out.taps);
+    assert!(out.edges.is_empty() && out.heads.is_empty() && out.lens.is_empty());
+    assert_eq!(out.predicted_id, full.predicted_id);
+    assert_eq!(out.value, full.value);
+    assert_eq!(out.nodes.len(), full.nodes.len());
+    for ((site, got), (want_site, want)) in out.nodes.iter().zip(&full.nodes) {
+        assert_eq!(site, want_site);
+        assert!(
+            (got.score - want.score).abs() <= 1e-6 * want.score,
+            "{site}: {} vs {}",
+            got.score,
+            want.score
+        );
+        for (g, w) in got.per_position.iter().zip(&want.per_position) {
+            assert!((g - w).abs() <= 1e-6 * want.score, "{site}");
+        }
+    }
 }

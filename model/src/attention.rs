@@ -1,7 +1,7 @@
 //! Grouped-query self-attention with q/k/v biases, rotate-half RoPE and a causal mask.
 
+use crate::linear::Linear;
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::{activation::softmax, backend::Backend, Tensor};
 
 use crate::config::Qwen2Config;

@@ -1,7 +1,7 @@
 //! Qwen2's SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
 
+use crate::linear::Linear;
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::{activation::silu, backend::Backend, Tensor};
 
 use crate::config::Qwen2Config;

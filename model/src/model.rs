@@ -3,7 +3,9 @@
 
 use crate::norm::RmsNorm;
 use burn::module::Module;
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
+
+use crate::linear::Linear;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::block::DecoderLayer;

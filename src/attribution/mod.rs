@@ -49,6 +49,9 @@ pub struct Request<'a> {
 pub struct Options {
     /// Edges from every attention head to every node downstream of its layer's attention.
     pub head_edges: bool,
+    /// Only the node scores: taps at the node sites alone, and no edges, heads or lens (the
+    /// seed's attribution, and the baseline the rest is measured against).
+    pub nodes_only: bool,
 }
 
 /// Milestones of a run, for the terminal.
@@ -193,14 +196,21 @@ pub fn attribute_loaded_with<B: Backend>(
             "target position {position} is beyond the prompt's {seq} tokens"
         )));
     }
-    let sites = Site::all(c.num_hidden_layers);
+    let mut sites = Site::all(c.num_hidden_layers);
+    if options.nodes_only {
+        sites.retain(|s| is_node(*s));
+    }
     on_event(Event::TapsRegistered {
         taps: sites.len(),
         nodes: sites.iter().filter(|s| is_node(**s)).count(),
     });
 
     let started = Instant::now();
-    let mut taps = Taps::default();
+    let mut taps = if options.nodes_only {
+        Taps::only(is_node)
+    } else {
+        Taps::default()
+    };
     let logits = model.forward(ids_tensor(ids, &device), &[position], &mut taps);
     let host = to_vec(logits.clone().inner())?;
     let predicted_id = target::argmax(&host);
@@ -260,59 +270,65 @@ pub fn attribute_loaded_with<B: Backend>(
         .iter()
         .map(|s| (*s, activations[s].as_slice()))
         .collect();
-    let edges = edges::residual_edges(&node_data, |s| gradients[&s].as_slice(), seq);
+    // Everything beyond the node scores (none of it with `nodes_only`).
+    let (edges, heads, head_edges, lens) = if options.nodes_only {
+        Default::default()
+    } else {
+        let edges = edges::residual_edges(&node_data, |s| gradients[&s].as_slice(), seq);
 
-    let mut heads = Vec::new();
-    for (layer, block) in model.model.layers.iter().enumerate() {
-        let tap = taps
-            .taps
-            .iter()
-            .find(|t| t.site == Site::HeadOut(layer))
-            .expect("every layer has a HeadOut tap");
-        heads.extend(
-            heads::layer_heads(
-                layer,
-                c.num_attention_heads,
-                tap.activation.clone(),
-                grad_tensors[&Site::HeadOut(layer)].clone(),
-                block.self_attn.o_proj.weight.val().inner(),
-                grad_tensors[&Site::AttnOut(layer)].clone(),
-            )
-            .map_err(ModelError::Source)?,
-        );
-    }
-
-    let mut head_edges = Vec::new();
-    if options.head_edges {
+        let mut heads = Vec::new();
         for (layer, block) in model.model.layers.iter().enumerate() {
-            // Every node after this layer's attention reads what its heads wrote.
-            let downstream: Vec<(String, Tensor<B, 3>)> = node_sites
-                .iter()
-                .skip_while(|s| **s != Site::AttnOut(layer))
-                .skip(1)
-                .filter_map(|s| edges::input_site(*s).map(|input| (s.to_string(), input)))
-                .chain(std::iter::once((LOGITS.to_string(), Site::FinalIn)))
-                .map(|(id, input)| (id, grad_tensors[&input].clone()))
-                .collect();
             let tap = taps
                 .taps
                 .iter()
                 .find(|t| t.site == Site::HeadOut(layer))
                 .expect("every layer has a HeadOut tap");
-            head_edges.extend(
-                heads::layer_head_edges(
+            heads.extend(
+                heads::layer_heads(
                     layer,
                     c.num_attention_heads,
                     tap.activation.clone(),
-                    block.self_attn.o_proj.weight.val().inner(),
-                    &downstream,
+                    grad_tensors[&Site::HeadOut(layer)].clone(),
+                    block.self_attn.o_proj.weight_in_out().inner(),
+                    grad_tensors[&Site::AttnOut(layer)].clone(),
                 )
                 .map_err(ModelError::Source)?,
             );
         }
-    }
 
-    let lens = logit_lens(model, &node_data, position, seq, target_id)?;
+        let mut head_edges = Vec::new();
+        if options.head_edges {
+            for (layer, block) in model.model.layers.iter().enumerate() {
+                // Every node after this layer's attention reads what its heads wrote.
+                let downstream: Vec<(String, Tensor<B, 3>)> = node_sites
+                    .iter()
+                    .skip_while(|s| **s != Site::AttnOut(layer))
+                    .skip(1)
+                    .filter_map(|s| edges::input_site(*s).map(|input| (s.to_string(), input)))
+                    .chain(std::iter::once((LOGITS.to_string(), Site::FinalIn)))
+                    .map(|(id, input)| (id, grad_tensors[&input].clone()))
+                    .collect();
+                let tap = taps
+                    .taps
+                    .iter()
+                    .find(|t| t.site == Site::HeadOut(layer))
+                    .expect("every layer has a HeadOut tap");
+                head_edges.extend(
+                    heads::layer_head_edges(
+                        layer,
+                        c.num_attention_heads,
+                        tap.activation.clone(),
+                        block.self_attn.o_proj.weight_in_out().inner(),
+                        &downstream,
+                    )
+                    .map_err(ModelError::Source)?,
+                );
+            }
+        }
+
+        let lens = logit_lens(model, &node_data, position, seq, target_id)?;
+        (edges, heads, head_edges, lens)
+    };
     Ok(Outcome {
         predicted_id,
         target_id,

@@ -20,20 +20,38 @@ pub struct Tap<B: AutodiffBackend> {
     pub zero: Tensor<B, 3>,
 }
 
-/// A probe that taps every site it is called at.
+/// A probe that taps every site it is called at, or only those a filter accepts.
 pub struct Taps<B: AutodiffBackend> {
     /// The taps, in the order the forward visited them.
     pub taps: Vec<Tap<B>>,
+    /// Which sites to tap (all when `None`).
+    filter: Option<fn(Site) -> bool>,
 }
 
 impl<B: AutodiffBackend> Default for Taps<B> {
     fn default() -> Self {
-        Self { taps: Vec::new() }
+        Self {
+            taps: Vec::new(),
+            filter: None,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Taps<B> {
+    /// A probe that taps only the sites `keep` accepts and passes the others through.
+    pub fn only(keep: fn(Site) -> bool) -> Self {
+        Self {
+            taps: Vec::new(),
+            filter: Some(keep),
+        }
     }
 }
 
 impl<B: AutodiffBackend> Probe<B> for Taps<B> {
     fn at(&mut self, site: Site, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if self.filter.is_some_and(|keep| !keep(site)) {
+            return x;
+        }
         let zero = Tensor::<B, 3>::zeros(x.dims(), &x.device()).require_grad();
         self.taps.push(Tap {
             site,

@@ -7,12 +7,13 @@ pub mod safetensors;
 use std::collections::BTreeSet;
 
 use burn::module::{Param, ParamId};
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
 
 use crate::norm::RmsNorm;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use crate::error::ModelError;
+use crate::linear::Linear;
 
 pub use self::gguf::{qwen2_config, GgufFile, GgufSource};
 pub use self::safetensors::SafetensorsSource;
@@ -94,11 +95,8 @@ impl<'a, B: Backend> Loader<'a, B> {
         Ok(self.param(values, [len]))
     }
 
-    /// A `Linear` from `{prefix}.weight` (`[d_out, d_in]` on disk) and, if `bias`,
-    /// `{prefix}.bias`.
-    ///
-    /// burn's `Linear` computes `x · W` with `W` as `[d_in, d_out]`, so the PyTorch weight is
-    /// transposed once here rather than at every forward.
+    /// A [`Linear`] from `{prefix}.weight` (`[d_out, d_in]`, kept in that layout) and, if
+    /// `bias`, `{prefix}.bias`.
     pub fn linear(
         &mut self,
         prefix: &str,
@@ -107,14 +105,13 @@ impl<'a, B: Backend> Loader<'a, B> {
         bias: bool,
     ) -> Result<Linear<B>, ModelError> {
         let weight = self.read(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let weight = transpose(&weight, d_out, d_in);
         let bias = if bias {
             Some(self.vector(&format!("{prefix}.bias"), d_out)?)
         } else {
             None
         };
         Ok(Linear {
-            weight: self.param(weight, [d_in, d_out]),
+            weight: self.param(weight, [d_out, d_in]),
             bias,
         })
     }
@@ -157,40 +154,6 @@ impl<'a, B: Backend> Loader<'a, B> {
             Ok(())
         } else {
             Err(ModelError::UnusedTensors { names: unused })
-        }
-    }
-}
-
-/// Transposes a row-major `[rows, cols]` matrix.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; values.len()];
-    // Blocked, so both sides stay in cache for the large projection matrices.
-    const BLOCK: usize = 32;
-    for r0 in (0..rows).step_by(BLOCK) {
-        for c0 in (0..cols).step_by(BLOCK) {
-            for r in r0..(r0 + BLOCK).min(rows) {
-                for c in c0..(c0 + BLOCK).min(cols) {
-                    out[c * rows + r] = values[r * cols + c];
-                }
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transpose_moves_every_element() {
-        let (rows, cols) = (37, 70);
-        let values: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let t = transpose(&values, rows, cols);
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(t[c * rows + r], values[r * cols + c]);
-            }
         }
     }
 }

@@ -78,6 +78,44 @@ impl SafetensorsSource {
     }
 }
 
+/// Little-endian f32 values: one copy of the bytes on little-endian machines.
+fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
+    let n = bytes.len() / 4;
+    if cfg!(target_endian = "little") {
+        let mut values = Vec::<f32>::with_capacity(n);
+        // SAFETY: `values` has room for `n` f32 (4·n bytes); every bit pattern is a valid f32,
+        // and on a little-endian machine the bytes are already in f32's native order.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), values.as_mut_ptr().cast::<u8>(), 4 * n);
+            values.set_len(n);
+        }
+        values
+    } else {
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+}
+
+/// Hands the pages of `bytes` (a tensor just converted) back to the page cache: each tensor is
+/// read once, and without this the whole checkpoint would stay in the process's resident
+/// memory beside the converted copy.
+fn release(mmap: &Mmap, bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        let offset = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
+        // SAFETY: the map is a read-only shared mapping of a file. Dropping its pages only
+        // makes a later read fault them in again from the file, with the same contents, so no
+        // reference into the map can observe a change.
+        let _ = unsafe {
+            mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, bytes.len())
+        };
+    }
+    #[cfg(not(unix))]
+    let _ = (mmap, bytes);
+}
+
 /// The distinct shard file names of an index, in order.
 fn shard_files(index: &Path) -> Result<Vec<String>, ModelError> {
     let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
@@ -131,10 +169,7 @@ impl WeightSource for SafetensorsSource {
         })?;
         let bytes = view.data();
         let values = match entry.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
+            Dtype::F32 => f32_from_le(bytes),
             Dtype::BF16 => bytes
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -150,6 +185,7 @@ impl WeightSource for SafetensorsSource {
                 })
             }
         };
+        release(mmap, bytes);
         Ok(values)
     }
 }

@@ -1,0 +1,39 @@
+//! A linear layer that keeps PyTorch's weight layout.
+
+use burn::module::{Module, Param};
+use burn::tensor::{backend::Backend, Tensor};
+
+/// `y = x · Wᵀ + b` with `W` stored as PyTorch stores it, `[d_out, d_in]`.
+///
+/// The weight is read straight from the checkpoint (no transposed copy at load time), and the
+/// product is taken as one 2-D matmul over all rows of `x` with `Wᵀ` as a transposed view:
+/// backends with strided matmul kernels then never copy the weight, neither here nor for the
+/// input gradient `g · W` in the backward pass.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[d_out, d_in]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[d_out]`, if the layer has one.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_in]` → `[batch, seq, d_out]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, seq, d_in] = x.dims();
+        let weight = self.weight.val();
+        let d_out = weight.dims()[0];
+        let y = x.reshape([batch * seq, d_in]).matmul(weight.transpose());
+        let y = match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze::<2>(),
+            None => y,
+        };
+        y.reshape([batch, seq, d_out])
+    }
+
+    /// The weight as `[d_in, d_out]` (a transposed view), the layout `x · W` reads.
+    pub fn weight_in_out(&self) -> Tensor<B, 2> {
+        self.weight.val().transpose()
+    }
+}

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""attrib against PyTorch + transformers, side by side on this machine.
+
+    bench.py MODEL [--tokens 8,64,512] [--reps 3] [--backends ndarray,flex]
+             [--attrib target/release/attrib] [--threads N]
+
+MODEL is a model folder (config.json, safetensors, tokenizer.json) or a .gguf file (PyTorch
+then reads it with transformers' GGUF loader, dequantized). For each prompt length the run
+alternates PyTorch (scripts/bench_torch.py) and attrib on each backend, `--reps` times each,
+every measurement in a fresh process after one untimed warm-up of each, all in float32 with
+the same thread count. It prints the medians: load time, attribution time (forward +
+backward), peak resident memory, the ratios attrib / PyTorch, and the achieved GFLOP/s and
+GB/s of weight traffic next to this machine's matmul rate measured in the same run.
+
+`scripts/bench.sh MODEL` builds attrib (release, ndarray and flex) and runs this with the
+reference venv's Python.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# Plain English prose to cut prompts from (no repeats within 512 tokens).
+TEXT = """The river starts high in the mountains, where snow melts each spring and runs down
+through narrow valleys of pine and granite. Farmers in the lower plains have used its water for
+centuries, building channels that carry it to fields of wheat, barley and rice. In the old town
+at the river's mouth, merchants once traded salt, wool and copper with ships that came from
+across the sea. The harbour is quieter now, but fishing boats still leave before dawn and
+return in the afternoon with their catch. Visitors walk along the stone embankment, stop at
+the small museum of maritime history, and climb the hill to the ruined fortress, from which
+on a clear day one can see the islands forty kilometres away. Scientists who study the river
+measure its flow at twelve stations, record the temperature of the water every hour, and count
+the salmon that swim upstream in autumn. Their data show that the glaciers feeding the river
+have lost almost a third of their mass since 1950, and that the spring floods arrive two weeks
+earlier than they did a century ago. The regional government has responded with a plan to
+store more water in reservoirs, to repair the oldest irrigation canals, and to pay farmers who
+switch to crops that need less water. Not everyone agrees with the plan: some villages fear
+that new dams will flood their pastures, while environmental groups argue that the money
+would be better spent restoring wetlands, which hold water like a sponge and release it slowly
+through the dry summer months. A public hearing last year drew more than two thousand people,
+and the debate continued late into the night. Teachers brought their students, engineers
+presented maps and models, and an elderly shepherd described how the meadows of his childhood
+had turned to dust. In the end the council voted to fund both reservoirs and wetlands, and to
+review the results in ten years. Meanwhile, life along the river goes on. Children learn to
+swim in its shallow bends, painters set up their easels on its banks, and every summer the
+town holds a festival with music, boat races and a market selling cheese, honey and bread
+baked in wood-fired ovens. At night, lanterns float down the current in memory of those who
+were lost to the great flood of 1887, when the water rose six metres in a single day and swept
+away the wooden bridge that had stood for two hundred years. The stone bridge that replaced it
+still carries traffic today, although engineers warn that its foundations need attention.
+Historians have collected letters, photographs and diaries from that time, and the library
+keeps them in a climate-controlled room open to researchers by appointment. One diary, written
+by a young schoolteacher, describes the evening before the flood: heavy clouds over the
+mountains, a strange warm wind, and dogs barking across the valley for no reason anyone could
+see. She wrote that her father, a miller, moved his sacks of flour to the upper floor just in
+case, and that the neighbours laughed at him. By the next morning the mill was under water,
+but the flour was dry, and the family fed half the village for a week. Her granddaughter
+donated the diary to the library in 1962, together with a drawing of the mill as it looked
+before the flood, with its great wheel turning in the current and swallows nesting under the
+eaves. Today the site of the mill is a small park with benches, a fountain and a plaque that
+tells the story in three languages."""
+
+
+def prompt_of(tokenizer, n):
+    """Text that the tokenizer turns into exactly n tokens (a prefix of TEXT)."""
+    ids = tokenizer(TEXT)["input_ids"]
+    if len(ids) < n:
+        sys.exit(f"the built-in text has only {len(ids)} tokens; ask for at most that many")
+    for cut in range(n, n + 8):
+        text = tokenizer.decode(ids[:cut])
+        if len(tokenizer(text)["input_ids"]) == n:
+            return text
+    sys.exit(f"cannot make a prompt of exactly {n} tokens")
+
+
+def run(cmd, env=None):
+    """Runs cmd; returns (its stdout, its own peak RSS in bytes)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"{cmd[0]} failed ({proc.returncode}):\n{err.read().decode()[-2000:]}")
+        return out.read().decode(), usage.ru_maxrss * 1024
+
+
+def torch_run(model, prompt_file, threads):
+    stdout, rss = run([sys.executable, os.path.join(HERE, "bench_torch.py"), model, prompt_file,
+                       str(threads)])
+    r = json.loads(stdout.strip().splitlines()[-1])
+    return {"load": r["load_s"], "attr": r["forward_s"] + r["backward_s"], "rss": rss,
+            "tokens": r["tokens"]}
+
+
+def attrib_run(binary, model, prompt, backend, threads):
+    with tempfile.TemporaryDirectory() as out:
+        env = dict(os.environ, RAYON_NUM_THREADS=str(threads),
+                   MATMUL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+        cmd = [binary, "--model", model, "--prompt", prompt, "--backend", backend,
+               "--out", out, "--json"]
+        proc_out, rss = run(cmd, env)
+    r = json.loads(proc_out)
+    t = r["timings"]
+    return {"load": t["load_s"], "attr": t["forward_s"] + t["backward_s"], "rss": rss,
+            "tokens": len(r["input_ids"])}
+
+
+def model_size(model):
+    """(FLOPs of forward + backward at T tokens as a function, weight bytes read per pass)."""
+    if model.endswith(".gguf"):
+        from transformers import AutoConfig
+        c = AutoConfig.from_pretrained(os.path.dirname(model) or ".",
+                                       gguf_file=os.path.basename(model)).to_dict()
+    else:
+        with open(os.path.join(model, "config.json")) as f:
+            c = json.load(f)
+    h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    heads, kv = c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"])
+    vocab = c["vocab_size"]
+    kv_dim = h // heads * kv
+    per_layer = h * h + 2 * h * kv_dim + h * h + 3 * h * inter
+    linear = layers * per_layer
+
+    def flops(t):
+        # Forward: every linear once, attention scores and mixing (QKᵀ and AV), the LM head
+        # at one position. Backward (no weight gradients): one product per linear for the
+        # input gradient, two per attention product.
+        attn = layers * 2 * 2 * t * t * h
+        head = 2 * h * vocab
+        forward = 2 * t * linear + attn + head
+        return forward + (2 * t * linear + 2 * attn + head)
+
+    # Weights read in the forward and again in the backward, in f32.
+    traffic = 2 * 4 * (linear + h * vocab)
+    return flops, traffic
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--tokens", default="8,64,512")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--backends", default="ndarray,flex")
+    ap.add_argument("--attrib", default=os.path.join(ROOT, "target/release/attrib"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    model = os.path.abspath(args.model)
+    lengths = [int(x) for x in args.tokens.split(",")]
+    backends = args.backends.split(",")
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+    if model.endswith(".gguf"):
+        tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(model),
+                                                  gguf_file=os.path.basename(model))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    flops, traffic = model_size(model)
+
+    peak = json.loads(run([sys.executable, os.path.join(HERE, "bench_torch.py"), "--matmul",
+                           str(args.threads)])[0])["matmul_gflops"]
+    systems = ["pytorch"] + [f"attrib {b}" for b in backends]
+    print(f"model {model}\nthreads {args.threads} · {args.reps} reps each, medians · "
+          f"f32 matmul rate of this machine (torch.mm): {peak:.1f} GFLOP/s", flush=True)
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = {}
+        for n in lengths:
+            prompts[n] = prompt_of(tokenizer, n)
+            with open(os.path.join(tmp, f"{n}.txt"), "w", encoding="utf-8") as f:
+                f.write(prompts[n])
+
+        def measure(system, n):
+            if system == "pytorch":
+                r = torch_run(model, os.path.join(tmp, f"{n}.txt"), args.threads)
+            else:
+                r = attrib_run(args.attrib, model, prompts[n], system.split()[1], args.threads)
+            if r["tokens"] != n:
+                sys.exit(f"{system} saw {r['tokens']} tokens, not {n}")
+            return r
+
+        for system in systems:  # warm-up: page cache, lazy initialisation
+            measure(system, lengths[0])
+        for n in lengths:
+            for _ in range(args.reps):
+                for system in systems:
+                    r = measure(system, n)
+                    results.setdefault((system, n), []).append(r)
+                    print(f"  {n:4} tokens  {system:15} load {r['load']:7.2f} s  "
+                          f"attribution {r['attr']:8.2f} s  peak RSS {r['rss'] / 2**30:6.2f} GiB",
+                          flush=True)
+
+    def med(system, n, key):
+        return statistics.median(r[key] for r in results[(system, n)])
+
+    print()
+    print("| tokens | system | load s | attribution s | peak RSS GiB | load ÷ PyTorch | "
+          "attribution ÷ PyTorch | RSS ÷ PyTorch | GFLOP/s | weight GB/s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n in lengths:
+        base = {k: med("pytorch", n, k) for k in ("load", "attr", "rss")}
+        for system in systems:
+            load, attr, rss = (med(system, n, k) for k in ("load", "attr", "rss"))
+            ratio = "" if system == "pytorch" else "{:.2f} | {:.2f} | {:.2f}".format(
+                load / base["load"], attr / base["attr"], rss / base["rss"])
+            if not ratio:
+                ratio = "— | — | —"
+            print(f"| {n} | {system} | {load:.2f} | {attr:.2f} | {rss / 2**30:.2f} | {ratio} | "
+                  f"{flops(n) / attr / 1e9:.1f} | {traffic / attr / 1e9:.1f} |")
+    print(f"\nmatmul rate (torch.mm, f32, {args.threads} threads): {peak:.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
