@@ -4,19 +4,23 @@
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use serde::Serialize;
 
-use crate::backends::{self, BackendJob, Selection};
+use crate::backends::{self, BackendJob, BackendKind, Selection};
 use crate::model::{ModelError, Qwen2Config, Qwen2ForCausalLM};
 use crate::progress::Progress;
 use crate::source::ModelFiles;
 
-/// Loads the model in `files` onto `device`, reporting each layer to `progress`.
+/// Loads the model in `files` onto `device` for the backend `selection` names, reporting each
+/// layer to `progress`.
 pub fn load_model<B: Backend>(
     files: &ModelFiles,
     config: &Qwen2Config,
+    selection: &Selection,
     device: &B::Device,
     progress: &mut dyn Progress,
 ) -> Result<Qwen2ForCausalLM<B>, ModelError> {
-    let source = files.weights()?;
+    // burn-flex keeps the host bytes it is given, so it can read the weights in place.
+    let in_place = selection.kind == BackendKind::Flex;
+    let source = files.weights(in_place)?;
     progress.start("loading weights", Some(config.num_hidden_layers as u64 + 2));
     let model =
         Qwen2ForCausalLM::load_with_progress(config, source.as_ref(), device, &mut |done, _| {
@@ -43,8 +47,8 @@ struct LastLogits<'a> {
 impl BackendJob for LastLogits<'_> {
     type Output = Result<Vec<f32>, ModelError>;
 
-    fn run<B: Backend>(self, device: B::Device, _selection: &Selection) -> Self::Output {
-        let model = load_model::<B>(self.files, self.config, &device, self.progress)?;
+    fn run<B: Backend>(self, device: B::Device, selection: &Selection) -> Self::Output {
+        let model = load_model::<B>(self.files, self.config, selection, &device, self.progress)?;
         let logits = model.forward_last(ids_tensor::<B>(self.ids, &device));
         logits
             .into_data()

@@ -129,9 +129,14 @@ impl ModelFiles {
     }
 
     /// The model's weights.
-    pub fn weights(&self) -> Result<Box<dyn WeightSource>, ModelError> {
+    ///
+    /// With `in_place`, f32 safetensors are shared with the tensors rather than copied (see
+    /// [`SafetensorsSource::in_place`]); ask for it only for a backend that keeps host data.
+    pub fn weights(&self, in_place: bool) -> Result<Box<dyn WeightSource>, ModelError> {
         match self.format {
-            Format::Folder => Ok(Box::new(SafetensorsSource::from_folder(&self.path)?)),
+            Format::Folder => Ok(Box::new(
+                SafetensorsSource::from_folder(&self.path)?.in_place(in_place),
+            )),
             Format::Gguf => Ok(Box::new(GgufSource::open(&self.path)?)),
         }
     }

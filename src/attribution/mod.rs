@@ -146,14 +146,15 @@ struct Job<'a, 'b> {
 impl BackendJob for Job<'_, '_> {
     type Output = Result<Outcome, ModelError>;
 
-    fn run<B: Backend>(self, device: B::Device, _selection: &Selection) -> Self::Output {
+    fn run<B: Backend>(self, device: B::Device, selection: &Selection) -> Self::Output {
         let Job {
             request,
             progress,
             on_event,
         } = self;
         let started = Instant::now();
-        let model = load_model::<Autodiff<B>>(request.files, request.config, &device, progress)?;
+        let model =
+            load_model::<Autodiff<B>>(request.files, request.config, selection, &device, progress)?;
         let load_s = started.elapsed().as_secs_f64();
         on_event(Event::Loaded { seconds: load_s });
         let mut outcome = attribute_loaded_with(

@@ -27,6 +27,14 @@ pub trait WeightSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The values of a tensor, converted to f32.
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, ModelError>;
+    /// The tensor as f32 `TensorData` of its checkpoint shape. By default a copy made by
+    /// [`read_f32`](Self::read_f32); a source may share memory it already holds instead.
+    fn read_data(&self, name: &str) -> Result<TensorData, ModelError> {
+        let shape = self
+            .shape(name)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
+        Ok(TensorData::new(self.read_f32(name)?, shape))
+    }
 }
 
 /// Names a checkpoint may carry that the model rebuilds itself (RoPE's frequencies in old
@@ -65,8 +73,8 @@ impl<'a, B: Backend> Loader<'a, B> {
         self.used.insert(name.to_string());
     }
 
-    /// Reads `name` as f32 values after checking it has shape `expected`.
-    fn read(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+    /// Reads `name` as f32 data after checking it has shape `expected`.
+    fn read(&mut self, name: &str, expected: &[usize]) -> Result<TensorData, ModelError> {
         let found = self
             .source
             .shape(name)
@@ -79,20 +87,24 @@ impl<'a, B: Backend> Loader<'a, B> {
             });
         }
         self.used.insert(name.to_string());
-        self.source.read_f32(name)
+        self.source.read_data(name)
     }
 
-    /// A parameter that never requires a gradient: attribution differentiates with respect to
-    /// activations only, so weight gradients would be wasted work.
-    fn param<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Param<Tensor<B, D>> {
-        let tensor = Tensor::from_data(TensorData::new(values, shape), &self.device);
-        Param::initialized(ParamId::new(), tensor)
+    /// `name` as a parameter of shape `shape`, which never requires a gradient: attribution
+    /// differentiates with respect to activations only, so weight gradients would be wasted.
+    fn param<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<B, D>>, ModelError> {
+        let data = self.read(name, &shape)?;
+        let tensor = Tensor::from_data(data, &self.device);
+        Ok(Param::initialized(ParamId::new(), tensor))
     }
 
     /// A vector parameter of length `len`.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<B, 1>>, ModelError> {
-        let values = self.read(name, &[len])?;
-        Ok(self.param(values, [len]))
+        self.param(name, [len])
     }
 
     /// A [`Linear`] from `{prefix}.weight` (`[d_out, d_in]`, kept in that layout) and, if
@@ -104,16 +116,13 @@ impl<'a, B: Backend> Loader<'a, B> {
         d_out: usize,
         bias: bool,
     ) -> Result<Linear<B>, ModelError> {
-        let weight = self.read(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let weight = self.param(&format!("{prefix}.weight"), [d_out, d_in])?;
         let bias = if bias {
             Some(self.vector(&format!("{prefix}.bias"), d_out)?)
         } else {
             None
         };
-        Ok(Linear {
-            weight: self.param(weight, [d_out, d_in]),
-            bias,
-        })
+        Ok(Linear { weight, bias })
     }
 
     /// An `Embedding` from `{prefix}.weight`, `[rows, dim]`.
@@ -123,9 +132,8 @@ impl<'a, B: Backend> Loader<'a, B> {
         rows: usize,
         dim: usize,
     ) -> Result<Embedding<B>, ModelError> {
-        let weight = self.read(&format!("{prefix}.weight"), &[rows, dim])?;
         Ok(Embedding {
-            weight: self.param(weight, [rows, dim]),
+            weight: self.param(&format!("{prefix}.weight"), [rows, dim])?,
         })
     }
 

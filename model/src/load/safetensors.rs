@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::{AllocationProperty, Bytes, DType, TensorData};
 
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors};
@@ -20,8 +24,9 @@ struct Entry {
 
 /// The tensors of one or more safetensors files.
 pub struct SafetensorsSource {
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Arc<Mmap>)>,
     entries: BTreeMap<String, Entry>,
+    in_place: bool,
 }
 
 impl SafetensorsSource {
@@ -72,9 +77,51 @@ impl SafetensorsSource {
                     },
                 );
             }
-            files.push((path.clone(), mmap));
+            files.push((path.clone(), Arc::new(mmap)));
         }
-        Ok(Self { files, entries })
+        Ok(Self {
+            files,
+            entries,
+            in_place: false,
+        })
+    }
+
+    /// With `yes`, [`WeightSource::read_data`] hands out f32 tensors as views of the memory
+    /// map instead of copies: no copy, and pages are read only when a tensor is used (the
+    /// embedding table's unused rows never are). Worth it only for a backend that keeps the
+    /// data it is given (burn-flex); one that copies anyway would hold both.
+    pub fn in_place(mut self, yes: bool) -> Self {
+        self.in_place = yes;
+        self
+    }
+
+    /// A tensor's entry, its file's map, and where its bytes are in that map.
+    fn locate(&self, name: &str) -> Result<(&Entry, &Arc<Mmap>, Range<usize>), ModelError> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
+        let (path, mmap) = &self.files[entry.file];
+        let bad = |e: safetensors::SafeTensorError| ModelError::Safetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tensors = SafeTensors::deserialize(mmap).map_err(bad)?;
+        let bytes = tensors.tensor(name).map_err(bad)?.data();
+        let start = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
+        Ok((entry, mmap, start..start + bytes.len()))
+    }
+}
+
+/// A byte range of a shared memory map, owned so a tensor can keep it alive.
+struct MappedSlice {
+    map: Arc<Mmap>,
+    range: Range<usize>,
+}
+
+impl AsRef<[u8]> for MappedSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.range.clone()]
     }
 }
 
@@ -154,20 +201,8 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
-        let (path, mmap) = &self.files[entry.file];
-        let tensors = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Safetensors {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let view = tensors.tensor(name).map_err(|e| ModelError::Safetensors {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let bytes = view.data();
+        let (entry, mmap, range) = self.locate(name)?;
+        let bytes = &mmap[range];
         let values = match entry.dtype {
             Dtype::F32 => f32_from_le(bytes),
             Dtype::BF16 => bytes
@@ -187,5 +222,87 @@ impl WeightSource for SafetensorsSource {
         };
         release(mmap, bytes);
         Ok(values)
+    }
+
+    fn read_data(&self, name: &str) -> Result<TensorData, ModelError> {
+        let (entry, mmap, range) = self.locate(name)?;
+        let aligned =
+            (mmap.as_ptr() as usize + range.start).is_multiple_of(std::mem::align_of::<f32>());
+        if !(self.in_place
+            && entry.dtype == Dtype::F32
+            && aligned
+            && cfg!(target_endian = "little"))
+        {
+            return Ok(TensorData::new(self.read_f32(name)?, entry.shape.clone()));
+        }
+        let slice = MappedSlice {
+            map: Arc::clone(mmap),
+            range,
+        };
+        let bytes = Bytes::from_shared(bytes::Bytes::from_owner(slice), AllocationProperty::File);
+        Ok(TensorData::from_bytes(
+            bytes,
+            entry.shape.clone(),
+            DType::F32,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint with one f32 and one bf16 tensor, written with the safetensors crate.
+    fn checkpoint(dir: &Path) -> PathBuf {
+        use safetensors::tensor::TensorView;
+        let f32s: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let f32_bytes: Vec<u8> = f32s.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bf16_bytes: Vec<u8> = [1.0f32, -2.5, 0.125]
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let tensors = [
+            (
+                "a.weight",
+                TensorView::new(Dtype::F32, vec![4, 6], &f32_bytes).unwrap(),
+            ),
+            (
+                "b.weight",
+                TensorView::new(Dtype::BF16, vec![3], &bf16_bytes).unwrap(),
+            ),
+        ];
+        let path = dir.join("model.safetensors");
+        safetensors::serialize_to_file(tensors, None, &path).unwrap();
+        path
+    }
+
+    #[test]
+    fn in_place_data_is_the_map_itself_and_equals_a_copy() {
+        let dir = std::env::temp_dir().join(format!("attrib-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = checkpoint(&dir);
+        let copied = SafetensorsSource::from_files(std::slice::from_ref(&path)).unwrap();
+        let mapped = SafetensorsSource::from_files(&[path])
+            .unwrap()
+            .in_place(true);
+        for name in ["a.weight", "b.weight"] {
+            let want = copied.read_data(name).unwrap();
+            let got = mapped.read_data(name).unwrap();
+            assert_eq!(got.shape, want.shape);
+            assert_eq!(
+                got.to_vec::<f32>().unwrap(),
+                want.to_vec::<f32>().unwrap(),
+                "{name}"
+            );
+            // The f32 tensor points into the map; the bf16 one had to be converted.
+            let map = &mapped.files[0].1;
+            let inside = |p: *const u8| {
+                let p = p as usize;
+                p >= map.as_ptr() as usize && p < map.as_ptr() as usize + map.len()
+            };
+            assert_eq!(inside(got.bytes.as_ptr()), name == "a.weight", "{name}");
+            assert!(!inside(want.bytes.as_ptr()));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
