@@ -66,6 +66,7 @@ pub fn attribute_command(
         options: attribution::Options {
             head_edges: args.heads,
             nodes_only: args.nodes_only,
+            lens: args.lens,
         },
     };
     let mut on_event = |event: Event| {

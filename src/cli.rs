@@ -69,7 +69,8 @@ pub struct AttributeArgs {
     /// Attribute the prediction made at this prompt position (0-based) instead of the last.
     #[arg(long)]
     pub position: Option<usize>,
-    /// Also print the logit lens: what the residual stream predicts after each node.
+    /// Also compute the logit lens (what the residual stream predicts after each node), print
+    /// it, and add it to the JSON and graph.html.
     #[arg(long)]
     pub lens: bool,
     /// Also print the strongest attention heads, and add head → node edges to the JSON.

@@ -79,9 +79,25 @@ fn a_layers_heads_sum_to_its_attention_node_and_edges_out_of_a_node_to_its_signe
 
 #[test]
 fn the_last_lens_row_is_the_models_own_prediction() {
+    use attrib::attribution::{attribute_loaded_with, Options};
+
     let model = load("tiny-untied");
+    let with_lens = Options {
+        lens: true,
+        ..Options::default()
+    };
     for case in reference("tiny-untied").cases.iter().take(4) {
-        let out = run(&model, &case.input_ids, Objective::default());
+        let out = attribute_loaded_with(
+            &model,
+            &case.input_ids,
+            Objective::default(),
+            with_lens,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(run(&model, &case.input_ids, Objective::default())
+            .lens
+            .is_empty());
         assert_eq!(out.lens.len(), out.nodes.len());
         assert_eq!(out.lens[0].after, "embeddings");
         let last = out.lens.last().unwrap();

@@ -295,7 +295,7 @@ fn run_attrib(out: &Path) -> Value {
     let run = Command::new(env!("CARGO_BIN_EXE_attrib"))
         .arg("--model")
         .arg(&model)
-        .args(["--prompt", "The capital of France is", "--out"])
+        .args(["--prompt", "The capital of France is", "--lens", "--out"])
         .arg(out)
         .env("HF_ENDPOINT", "http://127.0.0.1:9")
         .output()

@@ -31,9 +31,4 @@ impl<B: Backend> Linear<B> {
         };
         y.reshape([batch, seq, d_out])
     }
-
-    /// The weight as `[d_in, d_out]` (a transposed view), the layout `x · W` reads.
-    pub fn weight_in_out(&self) -> Tensor<B, 2> {
-        self.weight.val().transpose()
-    }
 }

@@ -34,7 +34,7 @@ impl HeadScore {
 ///
 /// # Shapes
 /// - `z`, `grad_z`: `[1, seq, heads·head_dim]` (the `HeadOut` activation and its gradient)
-/// - `o_proj`: `[heads·head_dim, hidden]` (burn's `[d_in, d_out]` layout)
+/// - `o_proj`: `[hidden, heads·head_dim]` (PyTorch's `[d_out, d_in]` layout)
 /// - `grad_out`: `[1, seq, hidden]`, the gradient at the attention output
 pub fn layer_heads<B: Backend>(
     layer: usize,
@@ -45,7 +45,7 @@ pub fn layer_heads<B: Backend>(
     grad_out: Tensor<B, 3>,
 ) -> Result<Vec<HeadScore>, String> {
     let [_, seq, width] = z.dims();
-    let hidden = o_proj.dims()[1];
+    let hidden = o_proj.dims()[0];
     let head_dim = width / heads;
     // Signed effects: Σ over positions and the head's columns.
     let signed = to_vec(
@@ -57,8 +57,8 @@ pub fn layer_heads<B: Backend>(
     )?;
     // [heads, seq, head_dim] · [heads, head_dim, hidden] → each head's contribution.
     let z = z.reshape([seq, heads, head_dim]).swap_dims(0, 1);
-    let w = o_proj.reshape([heads, head_dim, hidden]);
-    let contribution = z.matmul(w) * grad_out.reshape([1, seq, hidden]);
+    let contribution =
+        z.matmul(per_head(o_proj, heads, head_dim)) * grad_out.reshape([1, seq, hidden]);
     let squares = to_vec(contribution.square().sum_dim(2).reshape([heads, seq]))?;
     Ok((0..heads)
         .map(|h| {
@@ -79,7 +79,7 @@ pub fn layer_heads<B: Backend>(
 /// `L{layer}_Attn → v`, since the heads' contributions sum to the attention output.
 ///
 /// # Shapes
-/// - `z`: `[1, seq, heads·head_dim]`, `o_proj`: `[heads·head_dim, hidden]`
+/// - `z`: `[1, seq, heads·head_dim]`, `o_proj`: `[hidden, heads·head_dim]`
 /// - `targets`: `(node id, g_in)` with `g_in` `[1, seq, hidden]`
 pub fn layer_head_edges<B: Backend>(
     layer: usize,
@@ -89,17 +89,35 @@ pub fn layer_head_edges<B: Backend>(
     targets: &[(String, Tensor<B, 3>)],
 ) -> Result<Vec<crate::attribution::EdgeScore>, String> {
     let [_, seq, width] = z.dims();
-    let hidden = o_proj.dims()[1];
+    let hidden = o_proj.dims()[0];
     let head_dim = width / heads;
     let z = z.reshape([seq, heads, head_dim]).swap_dims(0, 1);
     // [heads, seq, hidden]: each head's contribution to the residual stream.
-    let contribution = z.matmul(o_proj.reshape([heads, head_dim, hidden]));
+    let contribution = z.matmul(per_head(o_proj, heads, head_dim));
     let mut edges = Vec::with_capacity(heads * targets.len());
-    let mut per_target = Vec::with_capacity(targets.len());
-    for (_, g) in targets {
-        let dots = (contribution.clone() * g.clone().reshape([1, seq, hidden])).sum_dim(2);
-        per_target.push(to_vec(dots.reshape([heads, seq]))?);
+    if targets.is_empty() {
+        return Ok(edges);
     }
+    // dots[s, h, t] = Σ_d c_h[s, d] · g_t[s, d]: one batched matmul over positions,
+    // [seq, heads, hidden] · [seq, hidden, targets].
+    let grads: Vec<Tensor<B, 3>> = targets
+        .iter()
+        .map(|(_, g)| g.clone().reshape([1, seq, hidden]))
+        .collect();
+    let grads = Tensor::cat(grads, 0).permute([1, 2, 0]);
+    let dots = to_vec(contribution.swap_dims(0, 1).matmul(grads))?;
+    let n = targets.len();
+    let per_target: Vec<Vec<f32>> = (0..n)
+        .map(|t| {
+            let mut v = Vec::with_capacity(heads * seq);
+            for h in 0..heads {
+                for p in 0..seq {
+                    v.push(dots[(p * heads + h) * n + t]);
+                }
+            }
+            v
+        })
+        .collect();
     for h in 0..heads {
         for ((target, _), dots) in targets.iter().zip(&per_target) {
             let per_position: Vec<f64> = dots[h * seq..(h + 1) * seq]
@@ -115,6 +133,14 @@ pub fn layer_head_edges<B: Backend>(
         }
     }
     Ok(edges)
+}
+
+/// o_proj's `[hidden, heads·head_dim]` weight as `[heads, head_dim, hidden]`: head h's block
+/// of `W_oᵀ`. A reshape of the contiguous weight and a permutation, both views, so a backend
+/// with strided matmul never copies the weight.
+fn per_head<B: Backend>(o_proj: Tensor<B, 2>, heads: usize, head_dim: usize) -> Tensor<B, 3> {
+    let hidden = o_proj.dims()[0];
+    o_proj.reshape([hidden, heads, head_dim]).permute([1, 2, 0])
 }
 
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, String> {

@@ -52,6 +52,9 @@ pub struct Options {
     /// Only the node scores: taps at the node sites alone, and no edges, heads or lens (the
     /// seed's attribution, and the baseline the rest is measured against).
     pub nodes_only: bool,
+    /// The logit lens: one product of every residual-stream row with the whole LM head
+    /// (`2L+1` × hidden × vocab), the costliest extra, so only on request.
+    pub lens: bool,
 }
 
 /// Milestones of a run, for the terminal.
@@ -104,7 +107,7 @@ pub struct Outcome {
     pub edges: Vec<EdgeScore>,
     /// Every attention head, by layer then head.
     pub heads: Vec<HeadScore>,
-    /// The logit lens after the embeddings and after every sublayer.
+    /// The logit lens after the embeddings and after every sublayer (with `Options::lens`).
     pub lens: Vec<LensEntry>,
     /// Head → node edges (with `Options::head_edges`), by layer, head, then target.
     pub head_edges: Vec<EdgeScore>,
@@ -290,7 +293,7 @@ pub fn attribute_loaded_with<B: Backend>(
                     c.num_attention_heads,
                     tap.activation.clone(),
                     grad_tensors[&Site::HeadOut(layer)].clone(),
-                    block.self_attn.o_proj.weight_in_out().inner(),
+                    block.self_attn.o_proj.weight.val().inner(),
                     grad_tensors[&Site::AttnOut(layer)].clone(),
                 )
                 .map_err(ModelError::Source)?,
@@ -319,7 +322,7 @@ pub fn attribute_loaded_with<B: Backend>(
                         layer,
                         c.num_attention_heads,
                         tap.activation.clone(),
-                        block.self_attn.o_proj.weight_in_out().inner(),
+                        block.self_attn.o_proj.weight.val().inner(),
                         &downstream,
                     )
                     .map_err(ModelError::Source)?,
@@ -327,7 +330,11 @@ pub fn attribute_loaded_with<B: Backend>(
             }
         }
 
-        let lens = logit_lens(model, &node_data, position, seq, target_id)?;
+        let lens = if options.lens {
+            logit_lens(model, &node_data, position, seq, target_id)?
+        } else {
+            Vec::new()
+        };
         (edges, heads, head_edges, lens)
     };
     Ok(Outcome {
