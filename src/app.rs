@@ -5,10 +5,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::attribution::{self, Event, Objective, Outcome, Request, Target};
+use crate::attribution::{self, Ablation, Event, Objective, Outcome, Request, Target};
 use crate::backends::{Selection, BURN_VERSION};
 use crate::cli::AttributeArgs;
-use crate::graph::{Attribution, Edge, Head, LensRow, LensToken, Node, NodeKind};
+use crate::graph::{
+    Attribution, Edge, Head, LensRow, LensToken, Node, NodeCheck, NodeKind, Verification,
+};
 use crate::model::{Qwen2Config, Site};
 use crate::output::{prepare_dir, write_atomic};
 use crate::progress::Progress;
@@ -53,6 +55,23 @@ pub fn attribute_command(
         );
     }
     let objective = objective_of(args, &tokenizer, &config, encoded.ids.len())?;
+    let corrupt = match &args.corrupt {
+        Some(text) => {
+            let ids = tokenizer.encode(text, m.chat)?.ids;
+            if ids.len() != encoded.ids.len() {
+                bail!(
+                    "--corrupt is {} tokens long but --prompt is {}; patching needs prompts of the same length",
+                    ids.len(),
+                    encoded.ids.len()
+                );
+            }
+            Some(ids)
+        }
+        None if args.verify && args.ablate == Ablation::Patch => {
+            bail!("--ablate patch needs --corrupt, a prompt of the same token length")
+        }
+        None => None,
+    };
 
     say(format!(
         "Loading {} ({} layers, hidden {}) …",
@@ -67,6 +86,8 @@ pub fn attribute_command(
             head_edges: args.heads,
             nodes_only: args.nodes_only,
             lens: args.lens,
+            verify: args.verify.then_some(args.ablate),
+            corrupt,
         },
     };
     let mut on_event = |event: Event| {
@@ -266,6 +287,25 @@ fn to_graph(
         })
         .collect();
     let head_edges = to_edges(outcome.head_edges);
+    let verification = args.verify.then(|| {
+        let agreement = attribution::agreement(&outcome.checks);
+        Verification {
+            ablation: args.ablate.name().into(),
+            corrupt_prompt: args.corrupt.clone(),
+            nodes: outcome
+                .checks
+                .iter()
+                .map(|c| NodeCheck {
+                    id: c.site.to_string(),
+                    predicted: c.predicted,
+                    actual: c.actual,
+                })
+                .collect(),
+            pearson: agreement.pearson,
+            spearman: agreement.spearman,
+            same_sign: agreement.same_sign,
+        }
+    });
     let lens = outcome
         .lens
         .into_iter()
@@ -314,6 +354,7 @@ fn to_graph(
         heads,
         lens,
         head_edges,
+        verification,
     }
 }
 

@@ -80,6 +80,17 @@ pub struct AttributeArgs {
     /// then empty).
     #[arg(long, conflicts_with_all = ["heads", "lens"])]
     pub nodes_only: bool,
+    /// Check every node's score by intervention: replace its output (see --ablate), rerun the
+    /// model, and compare the objective's actual change with the first-order prediction.
+    #[arg(long)]
+    pub verify: bool,
+    /// With --verify, what replaces a node's output: zero, mean (its mean over the prompt's
+    /// positions) or patch (its output on --corrupt).
+    #[arg(long, default_value = "zero", requires = "verify")]
+    pub ablate: crate::attribution::Ablation,
+    /// The corrupted prompt for --ablate patch; it must have as many tokens as --prompt.
+    #[arg(long, requires = "verify")]
+    pub corrupt: Option<String>,
     /// Pruned DAG: keep the fewest nodes whose cumulative influence on the target reaches
     /// this fraction.
     #[arg(long, default_value_t = 0.8, value_parser = fraction)]

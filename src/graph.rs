@@ -87,6 +87,34 @@ pub struct LensRow {
     pub top: Vec<LensToken>,
 }
 
+/// One node's check by intervention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCheck {
+    /// The node.
+    pub id: String,
+    /// `Σ (a_new − a) ⊙ g`: the first-order change of the target value.
+    pub predicted: f64,
+    /// The target value with the node's output replaced, minus the clean value.
+    pub actual: f64,
+}
+
+/// `--verify`: every node replaced in turn, and how well the gradients predicted the effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// `zero`, `mean` or `patch`.
+    pub ablation: String,
+    /// The corrupted prompt (`patch`).
+    pub corrupt_prompt: Option<String>,
+    /// Every node, in pathway order.
+    pub nodes: Vec<NodeCheck>,
+    /// Pearson correlation of predicted and actual over the nodes.
+    pub pearson: f64,
+    /// Spearman rank correlation.
+    pub spearman: f64,
+    /// Share of nodes whose predicted and actual changes have the same sign.
+    pub same_sign: f64,
+}
+
 /// Seconds spent in each phase of a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
@@ -159,6 +187,9 @@ pub struct Attribution {
     /// i's attention; a layer's head edges into a node sum to its attention node's edge.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub head_edges: Vec<Edge>,
+    /// Node checks by intervention (`--verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
 }
 
 impl Attribution {
@@ -204,6 +235,7 @@ impl Attribution {
             heads: vec![],
             lens: vec![],
             head_edges: vec![],
+            verification: None,
         }
     }
 }

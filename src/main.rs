@@ -63,6 +63,10 @@ fn attribute(args: AttributeArgs) -> anyhow::Result<()> {
             writeln!(out)?;
             write!(out, "{}", attrib::report::lens_table(&graph))?;
         }
+        if args.verify {
+            writeln!(out)?;
+            write!(out, "{}", attrib::report::verification_table(&graph))?;
+        }
     }
     eprintln!("{}", attrib::report::timing_line(&graph.timings));
     Ok(())

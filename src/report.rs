@@ -31,6 +31,42 @@ pub fn score_table(a: &Attribution) -> String {
     out
 }
 
+/// `--verify`: each node's predicted and actual change, then the agreement over all nodes.
+pub fn verification_table(a: &Attribution) -> String {
+    let Some(v) = &a.verification else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<14}  {:>11}  {:>11}  sign",
+        format!("{} ablation", v.ablation),
+        "predicted",
+        "actual"
+    );
+    for c in &v.nodes {
+        let agree = if c.predicted.signum() == c.actual.signum() {
+            "ok"
+        } else {
+            "DIFFERS"
+        };
+        let _ = writeln!(
+            out,
+            "{:<14}  {:>11.4}  {:>11.4}  {agree}",
+            c.id, c.predicted, c.actual
+        );
+    }
+    let _ = writeln!(
+        out,
+        "predicted vs actual over {} nodes: Pearson {:.3}, Spearman {:.3}, same sign {:.0}%",
+        v.nodes.len(),
+        v.pearson,
+        v.spearman,
+        100.0 * v.same_sign
+    );
+    out
+}
+
 /// The logit lens, one line per node: the target's rank and logit after it, and the top tokens.
 pub fn lens_table(a: &Attribution) -> String {
     let width = a

@@ -91,7 +91,7 @@ fn the_last_lens_row_is_the_models_own_prediction() {
             &model,
             &case.input_ids,
             Objective::default(),
-            with_lens,
+            with_lens.clone(),
             &mut |_| {},
         )
         .unwrap();

@@ -7,6 +7,7 @@ pub mod lens;
 pub mod scores;
 pub mod taps;
 pub mod target;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -28,6 +29,7 @@ pub use lens::LensEntry;
 pub use scores::{grad_times_activation, GradTimesActivation};
 pub use taps::{Tap, Taps};
 pub use target::{Metric, Objective, Target};
+pub use verify::{agreement, Ablation, Agreement, NodeCheck};
 
 /// What to attribute.
 #[derive(Debug, Clone)]
@@ -45,7 +47,7 @@ pub struct Request<'a> {
 }
 
 /// Optional, costlier parts of an attribution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Options {
     /// Edges from every attention head to every node downstream of its layer's attention.
     pub head_edges: bool,
@@ -55,6 +57,10 @@ pub struct Options {
     /// The logit lens: one product of every residual-stream row with the whole LM head
     /// (`2L+1` × hidden × vocab), the costliest extra, so only on request.
     pub lens: bool,
+    /// Replace every node's output in turn and record the objective's actual change.
+    pub verify: Option<Ablation>,
+    /// The corrupted prompt's ids, for [`Ablation::Patch`].
+    pub corrupt: Option<Vec<u32>>,
 }
 
 /// Milestones of a run, for the terminal.
@@ -111,6 +117,8 @@ pub struct Outcome {
     pub lens: Vec<LensEntry>,
     /// Head → node edges (with `Options::head_edges`), by layer, head, then target.
     pub head_edges: Vec<EdgeScore>,
+    /// Node checks (with `Options::verify`), in pathway order.
+    pub checks: Vec<NodeCheck>,
     /// How many sites were tapped.
     pub taps: usize,
     /// Load, forward, backward and score times (tokenize and render are the caller's).
@@ -164,7 +172,7 @@ impl BackendJob for Job<'_, '_> {
             &model,
             request.ids,
             request.objective,
-            request.options,
+            request.options.clone(),
             on_event,
         )?;
         outcome.timings.load_s = load_s;
@@ -337,6 +345,20 @@ pub fn attribute_loaded_with<B: Backend>(
         };
         (edges, heads, head_edges, lens)
     };
+    let checks = match options.verify {
+        Some(ablation) => verify::check_nodes(
+            model,
+            ids,
+            objective,
+            target_id,
+            &node_sites,
+            &activations,
+            &gradients,
+            ablation,
+            options.corrupt.as_deref(),
+        )?,
+        None => Vec::new(),
+    };
     Ok(Outcome {
         predicted_id,
         target_id,
@@ -349,6 +371,7 @@ pub fn attribute_loaded_with<B: Backend>(
         heads,
         lens,
         head_edges,
+        checks,
         taps: taps.taps.len(),
         timings: Timings {
             forward_s,
