@@ -132,6 +132,45 @@ def case(model, tokenizer, prompt, ablation, corrupt):
     }
 
 
+def norm_of(model, target):
+    """The norm whose input is node `target`'s input branch (`logits`: the final norm)."""
+    inner = model.model
+    if target == "logits":
+        return inner.norm
+    layer, kind = target[1:].split("_")
+    layer = inner.layers[int(layer)]
+    return layer.input_layernorm if kind == "Attn" else layer.post_attention_layernorm
+
+
+def edge_case(model, tokenizer, prompt):
+    """Every edge u -> v: u's clean output subtracted from the input of v's norm only (a
+    forward pre-hook; the residual stream is untouched), the predicted logit's change, and the
+    edge score from reference.compute_case (predicted change: -score)."""
+    _, ids = reference.encode(tokenizer, prompt, False)
+    clean = run(model, ids).detach()
+    target = int(torch.argmax(clean))
+    base = float(clean[target])
+    outputs = record(model, ids)
+    scores = {(e["source"], e["target"]): e["score"]
+              for e in reference.compute_case(model, tokenizer, prompt)["edges"]}
+    edges = []
+    for (u, v), score in scores.items():
+        def subtract(_module, args, a=outputs[u]):
+            return (args[0] - a,) + tuple(args[1:])
+
+        handle = norm_of(model, v).register_forward_pre_hook(subtract)
+        try:
+            with torch.no_grad():
+                value = float(run(model, ids)[target])
+        finally:
+            handle.remove()
+        edges.append({"source": u, "target": v, "predicted": -score, "actual": value - base})
+    return {"prompt": prompt, "input_ids": ids, "target_id": target, "edges": edges}
+
+
+EDGE_PROMPTS = ["The capital of France is", "Hello world! You are"]
+
+
 def main(argv):
     if len(argv) != 2:
         sys.exit(__doc__)
@@ -143,6 +182,7 @@ def main(argv):
         "torch": torch.__version__,
         "cases": cases,
     }
+    out["edge_cases"] = [edge_case(model, tokenizer, p) for p in EDGE_PROMPTS]
     with open(argv[1], "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")

@@ -9,7 +9,7 @@ use crate::attribution::{self, Ablation, Event, Objective, Outcome, Request, Tar
 use crate::backends::{Selection, BURN_VERSION};
 use crate::cli::AttributeArgs;
 use crate::graph::{
-    Attribution, Edge, Head, LensRow, LensToken, Node, NodeCheck, NodeKind, Verification,
+    Attribution, Edge, EdgeCheck, Head, LensRow, LensToken, Node, NodeCheck, NodeKind, Verification,
 };
 use crate::model::{Qwen2Config, Site};
 use crate::output::{prepare_dir, write_atomic};
@@ -88,6 +88,7 @@ pub fn attribute_command(
             lens: args.lens,
             verify: args.verify.then_some(args.ablate),
             corrupt,
+            verify_edges: args.verify_edges,
         },
     };
     let mut on_event = |event: Event| {
@@ -304,6 +305,16 @@ fn to_graph(
             pearson: agreement.pearson,
             spearman: agreement.spearman,
             same_sign: agreement.same_sign,
+            edges: outcome
+                .edge_checks
+                .iter()
+                .map(|c| EdgeCheck {
+                    source: c.source.clone(),
+                    target: c.target.clone(),
+                    predicted: c.predicted,
+                    actual: c.actual,
+                })
+                .collect(),
         }
     });
     let lens = outcome

@@ -88,6 +88,10 @@ pub struct AttributeArgs {
     /// positions) or patch (its output on --corrupt).
     #[arg(long, default_value = "zero", requires = "verify")]
     pub ablate: crate::attribution::Ablation,
+    /// With --verify, also check the K strongest edges u → v by removing u's output from v's
+    /// input alone (0: none).
+    #[arg(long, default_value_t = 20, requires = "verify")]
+    pub verify_edges: usize,
     /// The corrupted prompt for --ablate patch; it must have as many tokens as --prompt.
     #[arg(long, requires = "verify")]
     pub corrupt: Option<String>,

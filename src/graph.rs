@@ -113,6 +113,22 @@ pub struct Verification {
     pub spearman: f64,
     /// Share of nodes whose predicted and actual changes have the same sign.
     pub same_sign: f64,
+    /// The strongest edges, each removed from its target's input alone (`--verify-edges`).
+    #[serde(default)]
+    pub edges: Vec<EdgeCheck>,
+}
+
+/// One edge's check: the source's output removed from the target's input branch only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeCheck {
+    /// Source node id.
+    pub source: String,
+    /// Target node id.
+    pub target: String,
+    /// `−score`: the edge's first-order prediction of that removal.
+    pub predicted: f64,
+    /// The target value with the removal, minus the clean value.
+    pub actual: f64,
 }
 
 /// Seconds spent in each phase of a run.

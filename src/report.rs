@@ -56,6 +56,22 @@ pub fn verification_table(a: &Attribution) -> String {
             c.id, c.predicted, c.actual
         );
     }
+    if !v.edges.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<26}  {:>11}  {:>11}",
+            "edge removed from input", "predicted", "actual"
+        );
+        for e in &v.edges {
+            let _ = writeln!(
+                out,
+                "{:<26}  {:>11.4}  {:>11.4}",
+                format!("{} → {}", e.source, e.target),
+                e.predicted,
+                e.actual
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "predicted vs actual over {} nodes: Pearson {:.3}, Spearman {:.3}, same sign {:.0}%",

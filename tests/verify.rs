@@ -16,6 +16,23 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 struct Reference {
     cases: Vec<Case>,
+    edge_cases: Vec<EdgeCase>,
+}
+
+#[derive(Deserialize)]
+struct EdgeCase {
+    prompt: String,
+    input_ids: Vec<u32>,
+    target_id: u32,
+    edges: Vec<RefEdgeCheck>,
+}
+
+#[derive(Deserialize)]
+struct RefEdgeCheck {
+    source: String,
+    target: String,
+    predicted: f64,
+    actual: f64,
 }
 
 #[derive(Deserialize)]
@@ -39,15 +56,74 @@ fn close(got: f64, want: f64) -> bool {
     (got - want).abs() <= 1e-4 * want.abs() + 1e-5
 }
 
-#[test]
-fn interventions_equal_the_reference() {
+type Model = Qwen2ForCausalLM<Autodiff<TestBackend>>;
+
+fn setup() -> (Reference, Model) {
     let path = fixture("reference/verify-tiny-tied.json");
     let reference: Reference = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let folder = fixture("tiny-tied");
     let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
     let source = SafetensorsSource::from_folder(&folder).unwrap();
-    let model: Qwen2ForCausalLM<Autodiff<TestBackend>> =
-        Qwen2ForCausalLM::load(&config, &source, &Default::default()).unwrap();
+    let model = Qwen2ForCausalLM::load(&config, &source, &Default::default()).unwrap();
+    (reference, model)
+}
+
+#[test]
+fn edge_removals_equal_the_reference() {
+    let (reference, model) = setup();
+    for case in &reference.edge_cases {
+        let options = Options {
+            verify: Some(Ablation::Zero),
+            verify_edges: usize::MAX,
+            ..Options::default()
+        };
+        let out = attribute_loaded_with(
+            &model,
+            &case.input_ids,
+            Objective::default(),
+            options,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(out.target_id, case.target_id);
+        assert_eq!(out.edge_checks.len(), case.edges.len());
+        let largest = case
+            .edges
+            .iter()
+            .map(|e| e.predicted.abs())
+            .fold(0.0, f64::max);
+        // Strongest first.
+        for w in out.edge_checks.windows(2) {
+            assert!(w[0].predicted.abs() >= w[1].predicted.abs());
+        }
+        for want in &case.edges {
+            let got = out
+                .edge_checks
+                .iter()
+                .find(|c| c.source == want.source && c.target == want.target)
+                .expect("every edge is checked");
+            let what = format!("{} {} → {}", case.prompt, want.source, want.target);
+            assert!(
+                close(got.actual, want.actual),
+                "{what}: actual {} vs {}",
+                got.actual,
+                want.actual
+            );
+            // Edge scores carry f32 cancellation noise relative to the largest edge.
+            assert!(
+                (got.predicted - want.predicted).abs()
+                    <= 1e-4 * want.predicted.abs() + 2e-4 * largest,
+                "{what}: predicted {} vs {}",
+                got.predicted,
+                want.predicted
+            );
+        }
+    }
+}
+
+#[test]
+fn interventions_equal_the_reference() {
+    let (reference, model) = setup();
     let mut kinds = std::collections::BTreeSet::new();
     for case in &reference.cases {
         let ablation: Ablation = case.ablation.parse().unwrap();
@@ -124,6 +200,9 @@ fn the_cli_reports_and_refuses_bad_patches() {
         .count();
     assert!((v["same_sign"].as_f64().unwrap() - same as f64 / nodes.len() as f64).abs() < 1e-12);
     assert!(v["pearson"].as_f64().unwrap().abs() <= 1.0);
+    // --verify-edges defaults to 20; this model has 15 edges.
+    let edges = json["edges"].as_array().unwrap().len();
+    assert_eq!(v["edges"].as_array().unwrap().len(), edges.min(20));
 
     for (extra, says) in [
         (&["--verify", "--ablate", "patch"][..], "--corrupt"),

@@ -29,7 +29,7 @@ pub use lens::LensEntry;
 pub use scores::{grad_times_activation, GradTimesActivation};
 pub use taps::{Tap, Taps};
 pub use target::{Metric, Objective, Target};
-pub use verify::{agreement, Ablation, Agreement, NodeCheck};
+pub use verify::{agreement, Ablation, Agreement, EdgeCheck, NodeCheck};
 
 /// What to attribute.
 #[derive(Debug, Clone)]
@@ -61,6 +61,8 @@ pub struct Options {
     pub verify: Option<Ablation>,
     /// The corrupted prompt's ids, for [`Ablation::Patch`].
     pub corrupt: Option<Vec<u32>>,
+    /// With `verify`: check this many of the strongest edges by the path-specific intervention.
+    pub verify_edges: usize,
 }
 
 /// Milestones of a run, for the terminal.
@@ -119,6 +121,8 @@ pub struct Outcome {
     pub head_edges: Vec<EdgeScore>,
     /// Node checks (with `Options::verify`), in pathway order.
     pub checks: Vec<NodeCheck>,
+    /// Edge checks (with `Options::verify`), strongest `|score|` first.
+    pub edge_checks: Vec<EdgeCheck>,
     /// How many sites were tapped.
     pub taps: usize,
     /// Load, forward, backward and score times (tokenize and render are the caller's).
@@ -359,6 +363,18 @@ pub fn attribute_loaded_with<B: Backend>(
         )?,
         None => Vec::new(),
     };
+    let edge_checks = if options.verify.is_some() && options.verify_edges > 0 {
+        let mut strongest: Vec<&EdgeScore> = edges.iter().filter(|e| e.score.is_finite()).collect();
+        strongest.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+        strongest.truncate(options.verify_edges);
+        let list: Vec<(String, String, f64)> = strongest
+            .iter()
+            .map(|e| (e.source.clone(), e.target.clone(), e.score))
+            .collect();
+        verify::check_edges(model, ids, objective, target_id, &list, &activations)?
+    } else {
+        Vec::new()
+    };
     Ok(Outcome {
         predicted_id,
         target_id,
@@ -372,6 +388,7 @@ pub fn attribute_loaded_with<B: Backend>(
         lens,
         head_edges,
         checks,
+        edge_checks,
         taps: taps.taps.len(),
         timings: Timings {
             forward_s,

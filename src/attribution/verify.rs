@@ -68,6 +68,19 @@ pub struct NodeCheck {
     pub actual: f64,
 }
 
+/// One edge's check: u's contribution removed from v's input only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeCheck {
+    /// Source node id.
+    pub source: String,
+    /// Target node id (`logits` for the output).
+    pub target: String,
+    /// The edge score's first-order prediction of the removal: `−Σ a_u ⊙ g_in(v)`.
+    pub predicted: f64,
+    /// The objective with `a_u` subtracted at v's input branch, minus the clean objective.
+    pub actual: f64,
+}
+
 /// How well the predictions track the actual changes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Agreement {
@@ -100,6 +113,97 @@ impl<B: Backend> Probe<B> for Replace<B> {
             None => x,
         }
     }
+}
+
+/// Subtracts a tensor from one site's input in one batch row (several rows may share a site).
+struct Subtract<B: Backend> {
+    rows: HashMap<Site, Vec<(usize, Tensor<B, 3>)>>,
+}
+
+impl<B: Backend> Probe<B> for Subtract<B> {
+    fn at(&mut self, site: Site, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if let Some(rows) = self.rows.get(&site) {
+            let [_, seq, width] = x.dims();
+            for (row, delta) in rows {
+                let range = [*row..*row + 1, 0..seq, 0..width];
+                let new = x.clone().slice(range.clone()) - delta.clone();
+                x = x.slice_assign(range, new);
+            }
+        }
+        x
+    }
+}
+
+/// The path-specific intervention for each `(source, target, score)` edge: the source's clean
+/// output subtracted from the target's input branch (its `*In` site; `FinalIn` for
+/// `logits`), nothing else changed. `activations` are the node outputs as in [`check_nodes`].
+pub fn check_edges<B: Backend>(
+    model: &Qwen2ForCausalLM<B>,
+    ids: &[u32],
+    objective: Objective,
+    target_id: u32,
+    edges: &[(String, String, f64)],
+    activations: &HashMap<Site, Vec<f32>>,
+) -> Result<Vec<EdgeCheck>, ModelError> {
+    let device = model.model.embed_tokens.weight.val().device();
+    let seq = ids.len();
+    let position = objective.position_in(seq);
+    let hidden = model.config.hidden_size;
+    let bad = |id: &str| ModelError::Source(format!("{id} is not a node of this model"));
+    let mut checks = Vec::with_capacity(edges.len());
+    for chunk in edges.chunks(rows_per_batch(seq) - 1) {
+        let mut probe = Subtract {
+            rows: HashMap::new(),
+        };
+        for (k, (source, target, _)) in chunk.iter().enumerate() {
+            let u: Site = source.parse().map_err(|_| bad(source))?;
+            let v = if target == super::LOGITS {
+                Site::FinalIn
+            } else {
+                let v: Site = target.parse().map_err(|_| bad(target))?;
+                super::edges::input_site(v).ok_or_else(|| bad(target))?
+            };
+            let a = activations.get(&u).ok_or_else(|| bad(source))?;
+            let delta =
+                Tensor::<B, 3>::from_data(TensorData::new(a.clone(), [1, seq, hidden]), &device);
+            probe.rows.entry(v).or_default().push((k + 1, delta));
+        }
+        let rows = chunk.len() + 1;
+        let values = objective_rows(model, ids, rows, position, objective, target_id, &mut probe);
+        for (k, (source, target, score)) in chunk.iter().enumerate() {
+            checks.push(EdgeCheck {
+                source: source.clone(),
+                target: target.clone(),
+                predicted: -score,
+                actual: values[k + 1] - values[0],
+            });
+        }
+    }
+    Ok(checks)
+}
+
+/// The objective in each of `rows` copies of the prompt run with `probe`.
+fn objective_rows<B: Backend>(
+    model: &Qwen2ForCausalLM<B>,
+    ids: &[u32],
+    rows: usize,
+    position: usize,
+    objective: Objective,
+    target_id: u32,
+    probe: &mut dyn Probe<B>,
+) -> Vec<f64> {
+    let device = model.model.embed_tokens.weight.val().device();
+    let logits = model.forward(ids_tensor(ids, rows, &device), &[position], probe);
+    let vocab = logits.dims()[2];
+    (0..rows)
+        .map(|r| {
+            let row = logits
+                .clone()
+                .slice([r..r + 1, 0..1, 0..vocab])
+                .reshape([vocab]);
+            objective.value(row, target_id).into_scalar().elem::<f64>()
+        })
+        .collect()
 }
 
 /// Records the outputs at the node sites (for patching).
@@ -199,17 +303,7 @@ pub fn check_nodes<B: Backend>(
                 })
                 .collect(),
         };
-        let logits = model.forward(ids_tensor(ids, rows, &device), &[position], &mut probe);
-        let vocab = logits.dims()[2];
-        let values: Vec<f64> = (0..rows)
-            .map(|r| {
-                let row = logits
-                    .clone()
-                    .slice([r..r + 1, 0..1, 0..vocab])
-                    .reshape([vocab]);
-                objective.value(row, target_id).into_scalar().elem::<f64>()
-            })
-            .collect();
+        let values = objective_rows(model, ids, rows, position, objective, target_id, &mut probe);
         for (k, (site, values_new)) in chunk.iter().enumerate() {
             let a = &activations[site];
             let g = &gradients[site];
