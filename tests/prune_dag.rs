@@ -2,9 +2,9 @@
 
 mod common;
 
-use attrib::graph::{Attribution, Edge, Head};
+use attrib::graph::{Attribution, Edge, Head, NodeCheck, Verification};
 use attrib::prune::{prune, PruneOptions, Pruned};
-use attrib::render::dag::{HEADS_W, MAX_HEADS};
+use attrib::render::dag::{sign_differs, HEADS_W, MAX_HEADS};
 use attrib::render::{dag_svg, layer_heads, parse_svg, svg_to_png, PNG_SCALE};
 use common::synthetic::{attribution, nodes, permuted_score, NASTY};
 use resvg::tiny_skia::Pixmap;
@@ -260,4 +260,52 @@ fn without_head_edges_no_heads_are_drawn() {
     let svg = dag_svg(&a, &p);
     assert!(!svg.contains("head-"));
     assert_eq!(parse_svg(&svg).unwrap().size().width(), 900.0);
+}
+
+#[test]
+fn verify_marks_the_nodes_whose_sign_differs() {
+    let mut a = synthetic(28);
+    let nodes: Vec<NodeCheck> = a
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| NodeCheck {
+            id: n.id.clone(),
+            predicted: 1.0 + k as f64,
+            actual: if k % 3 == 0 { -0.5 } else { 0.5 + k as f64 },
+        })
+        .collect();
+    a.verification = Some(Verification {
+        ablation: "zero".into(),
+        corrupt_prompt: None,
+        nodes,
+        pearson: 0.0,
+        spearman: 0.0,
+        same_sign: 0.0,
+        edges: vec![],
+    });
+    let p = prune(&a, &PruneOptions::default());
+    check_drawing(&a, &p);
+    let svg = dag_svg(&a, &p);
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let marked: Vec<&str> = doc
+        .descendants()
+        .filter(|e| e.attribute("class") == Some("sign-differs"))
+        .map(|e| e.attribute("data-node").unwrap())
+        .collect();
+    let mut expected = 0;
+    for (k, n) in a.nodes.iter().enumerate() {
+        let differs = k % 3 == 0;
+        assert_eq!(sign_differs(&a, &n.id), differs, "{}", n.id);
+        assert_eq!(
+            marked.contains(&n.id.as_str()),
+            differs && p.keeps(&n.id),
+            "{}",
+            n.id
+        );
+        expected += usize::from(differs && p.keeps(&n.id));
+    }
+    assert!(expected > 0, "some marked node is kept");
+    assert_eq!(marked.len(), expected);
+    assert!(svg.contains("dashed red outline"));
 }

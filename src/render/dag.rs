@@ -13,6 +13,9 @@
 //! With head edges (`--heads`) the picture is [`HEADS_W`] wider and each kept attention box has
 //! its strongest heads as chips at its left (see [`layer_heads`]): the heads whose head → node
 //! edges carry most of the layer's kept edges, coloured by their own score on the same scale.
+//!
+//! With `--verify`, a kept node whose intervention moved the target the opposite way from the
+//! gradient's prediction gets a dashed red outline (see [`sign_differs`]).
 
 use std::fmt::Write as _;
 
@@ -76,7 +79,7 @@ pub fn dag_svg(a: &Attribution, pruned: &Pruned) -> String {
     };
     let width = WIDTH + shift;
     let (attn_x, mlp_x) = (ATTN_X + shift, MLP_X + shift);
-    let top = ROWS_TOP + if shift > 0.0 { 14.0 } else { 0.0 };
+    let top = ROWS_TOP + 14.0 * extra_captions(a) as f64;
     let row_y = |row: usize| top + row as f64 * PITCH;
     let height = row_y(layers + 1) + BOX_H + MARGIN;
     let place = |id: &str| -> Option<Place> {
@@ -156,6 +159,17 @@ pub fn dag_svg(a: &Attribution, pruned: &Pruned) -> String {
         let paint = BoxPaint::scored(n.score, node_max);
         let score = format!("{:.4}", n.score);
         node_box(&mut s, &n.id, p, &paint, &n.id, &score);
+        if sign_differs(a, &n.id) {
+            let _ = writeln!(
+                s,
+                r##"<rect class="sign-differs" data-node="{}" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" rx="4" fill="none" stroke="{NEGATIVE}" stroke-width="2" stroke-dasharray="4 2"/>"##,
+                escape(&n.id),
+                p.x - 3.0,
+                p.y - 3.0,
+                BOX_W + 6.0,
+                BOX_H + 6.0
+            );
+        }
         if let (NodeKind::Attn, Some(layer)) = (n.kind, n.layer) {
             head_chips(&mut s, a, pruned, layer, p, node_max);
         }
@@ -215,12 +229,42 @@ fn header(
         "box colour: node score ‖g⊙a‖₂ ÷ max kept · edge width ∝ |edge score| (max {edge_max:.4}) · edges run from a box's lower half to the next's upper half, bottom → top"
     );
     caption(s, 118.0, &about, room);
+    let mut y = 118.0;
     if !a.head_edges.is_empty() {
         let heads = format!(
             "chips left of an attention box: its {MAX_HEADS} heads (at most) with the largest Σ|head → node edge| into the kept nodes, coloured by head score ‖c_h⊙g‖₂"
         );
-        caption(s, 132.0, &heads, room);
+        y += 14.0;
+        caption(s, y, &heads, room);
     }
+    if let Some(v) = &a.verification {
+        let differs = v
+            .nodes
+            .iter()
+            .filter(|c| c.predicted.signum() != c.actual.signum())
+            .count();
+        let line = format!(
+            "dashed red outline: the {} ablation's actual effect has the opposite sign to the gradient's prediction ({differs} of {} nodes)",
+            v.ablation,
+            v.nodes.len()
+        );
+        y += 14.0;
+        caption(s, y, &line, room);
+    }
+}
+
+/// Caption lines below the standard header: one for head chips, one for `--verify` marks.
+fn extra_captions(a: &Attribution) -> usize {
+    usize::from(!a.head_edges.is_empty()) + usize::from(a.verification.is_some())
+}
+
+/// Whether `--verify` found node `id`'s actual effect opposite in sign to the prediction.
+pub fn sign_differs(a: &Attribution, id: &str) -> bool {
+    a.verification.as_ref().is_some_and(|v| {
+        v.nodes
+            .iter()
+            .any(|c| c.id == id && c.predicted.signum() != c.actual.signum())
+    })
 }
 
 /// A head chosen for the picture: its id, number, score, and `Σ |head → v|` over the kept
