@@ -98,6 +98,13 @@ pub struct NodeCheck {
     pub actual: f64,
 }
 
+impl NodeCheck {
+    /// Whether the intervention moved the target the opposite way from the prediction.
+    pub fn sign_differs(&self) -> bool {
+        self.predicted.signum() != self.actual.signum()
+    }
+}
+
 /// `--verify`: every node replaced in turn, and how well the gradients predicted the effect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verification {

@@ -165,18 +165,7 @@ pub fn neuronpedia_graph(a: &Attribution, pruned: &Pruned, slug: &str) -> Neuron
         .map_or(0, |l| l + 1);
     let positions = a.tokens.len();
     let influence = cumulative_influence(pruned);
-    let node_id = |id: &str, p: usize| -> Option<String> {
-        if id == TARGET {
-            return Some(format!("{}_{}_{p}", layers + 1, a.target_id));
-        }
-        let n = a.node(id)?;
-        Some(match (n.kind, n.layer) {
-            (NodeKind::Embeddings, _) => format!("E_{}_{p}", a.input_ids.get(p)?),
-            (NodeKind::Attn, Some(l)) => format!("{l}_0_{p}"),
-            (NodeKind::Mlp, Some(l)) => format!("{l}_1_{p}"),
-            _ => return None,
-        })
-    };
+    let node_id = |id: &str, p: usize| slot(a, layers, id, p).map(|s| s.node_id);
 
     let mut links = Vec::new();
     let mut linked: HashSet<(usize, usize)> = HashSet::new();
@@ -220,52 +209,27 @@ pub fn neuronpedia_graph(a: &Attribution, pruned: &Pruned, slug: &str) -> Neuron
             let wanted = n.kind == NodeKind::Embeddings
                 || linked.contains(&(i, p))
                 || (activation != 0.0 && activation.is_finite());
-            let Some(id) = node_id(&n.id, p).filter(|_| wanted) else {
+            let Some(slot) = slot(a, layers, &n.id, p).filter(|_| wanted) else {
                 continue;
             };
-            let (feature, layer, feature_type, js) = match (n.kind, n.layer) {
-                (NodeKind::Embeddings, _) => (
-                    p as i64,
-                    "E".to_string(),
-                    "embedding",
-                    format!("E_{}-{p}", a.input_ids[p]),
-                ),
-                (NodeKind::Attn, l) => {
-                    let l = l.unwrap_or(0);
-                    (0, l.to_string(), "attention", format!("{l}_0-{p}"))
-                }
-                (NodeKind::Mlp, l) => {
-                    let l = l.unwrap_or(0);
-                    (1, l.to_string(), "mlp", format!("{l}_1-{p}"))
-                }
-            };
             nodes.push(GraphNode {
-                node_id: id,
-                feature,
-                layer,
-                ctx_idx: p,
-                feature_type: feature_type.into(),
-                js_node_id: js,
                 clerp: clerp(a, &n.id, n.kind, n.layer, p),
                 influence: influence.get(n.id.as_str()).copied(),
                 activation: Some(activation).filter(|x| x.is_finite()),
                 is_target_logit: false,
+                ..slot.node(p)
             });
         }
     }
-    let p = a.target_position;
-    nodes.push(GraphNode {
-        node_id: format!("{}_{}_{p}", layers + 1, a.target_id),
-        feature: i64::from(a.target_id),
-        layer: (layers + 1).to_string(),
-        ctx_idx: p,
-        feature_type: "logit".into(),
-        js_node_id: format!("L_{}-{p}", a.target_id),
-        clerp: logit_label(a),
-        influence: None,
-        activation: Some(a.target_value).filter(|x| x.is_finite()),
-        is_target_logit: true,
-    });
+    if let Some(slot) = slot(a, layers, TARGET, a.target_position) {
+        nodes.push(GraphNode {
+            clerp: logit_label(a),
+            influence: None,
+            activation: Some(a.target_value).filter(|x| x.is_finite()),
+            is_target_logit: true,
+            ..slot.node(a.target_position)
+        });
+    }
 
     let o = &pruned.options;
     NeuronpediaGraph {
@@ -299,6 +263,75 @@ pub fn neuronpedia_graph(a: &Attribution, pruned: &Pruned, slug: &str) -> Neuron
         nodes,
         links,
     }
+}
+
+/// Where a component at one position sits in the viewer's format (see the module docs).
+struct Slot {
+    node_id: String,
+    js_node_id: String,
+    feature: i64,
+    layer: String,
+    feature_type: &'static str,
+}
+
+impl Slot {
+    /// A node at position `p` with these ids and no label, influence or activation yet.
+    fn node(self, p: usize) -> GraphNode {
+        GraphNode {
+            node_id: self.node_id,
+            feature: self.feature,
+            layer: self.layer,
+            ctx_idx: p,
+            feature_type: self.feature_type.into(),
+            js_node_id: self.js_node_id,
+            clerp: String::new(),
+            influence: None,
+            activation: None,
+            is_target_logit: false,
+        }
+    }
+}
+
+/// The slot of node `id` (or [`TARGET`]) at position `p` in a model of `layers` layers.
+fn slot(a: &Attribution, layers: usize, id: &str, p: usize) -> Option<Slot> {
+    if id == TARGET {
+        let (layer, t) = (layers + 1, a.target_id);
+        return Some(Slot {
+            node_id: format!("{layer}_{t}_{p}"),
+            js_node_id: format!("L_{t}-{p}"),
+            feature: i64::from(t),
+            layer: layer.to_string(),
+            feature_type: "logit",
+        });
+    }
+    let n = a.node(id)?;
+    Some(match (n.kind, n.layer) {
+        (NodeKind::Embeddings, _) => {
+            let t = a.input_ids.get(p)?;
+            Slot {
+                node_id: format!("E_{t}_{p}"),
+                js_node_id: format!("E_{t}-{p}"),
+                feature: p as i64,
+                layer: "E".into(),
+                feature_type: "embedding",
+            }
+        }
+        (kind, Some(l)) => {
+            let (k, feature_type) = if kind == NodeKind::Attn {
+                (0, "attention")
+            } else {
+                (1, "mlp")
+            };
+            Slot {
+                node_id: format!("{l}_{k}_{p}"),
+                js_node_id: format!("{l}_{k}-{p}"),
+                feature: k,
+                layer: l.to_string(),
+                feature_type,
+            }
+        }
+        _ => return None,
+    })
 }
 
 /// A slug for the graph: the model's short name and the prompt's first words, lowercase ASCII

@@ -45,11 +45,7 @@ pub fn verification_table(a: &Attribution) -> String {
         "actual"
     );
     for c in &v.nodes {
-        let agree = if c.predicted.signum() == c.actual.signum() {
-            "ok"
-        } else {
-            "DIFFERS"
-        };
+        let agree = if c.sign_differs() { "DIFFERS" } else { "ok" };
         let _ = writeln!(
             out,
             "{:<14}  {:>11.4}  {:>11.4}  {agree}",

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use attrib::attribution::{attribute_loaded_with, Ablation, Objective, Options};
+use attrib::attribution::{attribute_loaded_with, Ablation, Objective, Options, Outcome};
 use attrib::model::load::SafetensorsSource;
 use attrib::model::{Qwen2Config, Qwen2ForCausalLM};
 use burn::backend::Autodiff;
@@ -68,6 +68,11 @@ fn setup() -> (Reference, Model) {
     (reference, model)
 }
 
+/// Attributes the prediction with `options`.
+fn run(model: &Model, ids: &[u32], options: Options) -> Outcome {
+    attribute_loaded_with(model, ids, Objective::default(), options, &mut |_| {}).unwrap()
+}
+
 #[test]
 fn edge_removals_equal_the_reference() {
     let (reference, model) = setup();
@@ -77,14 +82,7 @@ fn edge_removals_equal_the_reference() {
             verify_edges: usize::MAX,
             ..Options::default()
         };
-        let out = attribute_loaded_with(
-            &model,
-            &case.input_ids,
-            Objective::default(),
-            options,
-            &mut |_| {},
-        )
-        .unwrap();
+        let out = run(&model, &case.input_ids, options);
         assert_eq!(out.target_id, case.target_id);
         assert_eq!(out.edge_checks.len(), case.edges.len());
         let largest = case
@@ -133,14 +131,7 @@ fn interventions_equal_the_reference() {
             corrupt: case.corrupt_ids.clone(),
             ..Options::default()
         };
-        let out = attribute_loaded_with(
-            &model,
-            &case.input_ids,
-            Objective::default(),
-            options,
-            &mut |_| {},
-        )
-        .unwrap();
+        let out = run(&model, &case.input_ids, options);
         assert_eq!(out.target_id, case.target_id, "{:?}", case.prompt);
         assert_eq!(out.checks.len(), case.nodes.len());
         for (got, want) in out.checks.iter().zip(&case.nodes) {

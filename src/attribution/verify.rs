@@ -11,10 +11,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 
 use super::Objective;
 use crate::model::{ModelError, Probe, Qwen2ForCausalLM, Site};
+use crate::predict::ids_tensor;
 
 /// What a node's output is replaced with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +194,11 @@ fn objective_rows<B: Backend>(
     probe: &mut dyn Probe<B>,
 ) -> Vec<f64> {
     let device = model.model.embed_tokens.weight.val().device();
-    let logits = model.forward(ids_tensor(ids, rows, &device), &[position], probe);
+    let logits = model.forward(
+        ids_tensor(ids, &device).repeat_dim(0, rows),
+        &[position],
+        probe,
+    );
     let vocab = logits.dims()[2];
     (0..rows)
         .map(|r| {
@@ -250,7 +255,7 @@ pub fn check_nodes<B: Backend>(
                 sites: nodes.to_vec(),
                 seen: HashMap::new(),
             };
-            model.forward(ids_tensor(c, 1, &device), &[position], &mut record);
+            model.forward(ids_tensor(c, &device), &[position], &mut record);
             Some(record.seen)
         }
         (Ablation::Patch, _) => {
@@ -276,12 +281,7 @@ pub fn check_nodes<B: Backend>(
                 mean.iter().copied().cycle().take(a.len()).collect()
             }
             Ablation::Patch => {
-                let t = &patched.as_ref().expect("recorded above")[&site];
-                t.clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .into_vec::<f32>()
-                    .map_err(|e| ModelError::Source(format!("cannot read a tensor back: {e:?}")))?
+                super::to_vec(patched.as_ref().expect("recorded above")[&site].clone())?
             }
         };
         replacements.push((site, values));
@@ -321,14 +321,6 @@ pub fn check_nodes<B: Backend>(
         }
     }
     Ok(checks)
-}
-
-/// `ids` repeated in `rows` rows: `[rows, seq]`.
-fn ids_tensor<B: Backend>(ids: &[u32], rows: usize, device: &B::Device) -> Tensor<B, 2, Int> {
-    let values: Vec<i64> = (0..rows)
-        .flat_map(|_| ids.iter().map(|&i| i64::from(i)))
-        .collect();
-    Tensor::from_data(TensorData::new(values, [rows, ids.len()]), device)
 }
 
 /// Pearson and Spearman correlations and sign agreement of predicted vs actual.

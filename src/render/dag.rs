@@ -238,11 +238,7 @@ fn header(
         caption(s, y, &heads, room);
     }
     if let Some(v) = &a.verification {
-        let differs = v
-            .nodes
-            .iter()
-            .filter(|c| c.predicted.signum() != c.actual.signum())
-            .count();
+        let differs = v.nodes.iter().filter(|c| c.sign_differs()).count();
         let line = format!(
             "dashed red outline: the {} ablation's actual effect has the opposite sign to the gradient's prediction ({differs} of {} nodes)",
             v.ablation,
@@ -260,11 +256,9 @@ fn extra_captions(a: &Attribution) -> usize {
 
 /// Whether `--verify` found node `id`'s actual effect opposite in sign to the prediction.
 pub fn sign_differs(a: &Attribution, id: &str) -> bool {
-    a.verification.as_ref().is_some_and(|v| {
-        v.nodes
-            .iter()
-            .any(|c| c.id == id && c.predicted.signum() != c.actual.signum())
-    })
+    a.verification
+        .as_ref()
+        .is_some_and(|v| v.nodes.iter().any(|c| c.id == id && c.sign_differs()))
 }
 
 /// A head chosen for the picture: its id, number, score, and `Σ |head → v|` over the kept

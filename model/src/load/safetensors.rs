@@ -20,6 +20,8 @@ struct Entry {
     file: usize,
     dtype: Dtype,
     shape: Vec<usize>,
+    /// Where the tensor's bytes are in its file's map.
+    bytes: Range<usize>,
 }
 
 /// The tensors of one or more safetensors files.
@@ -68,12 +70,14 @@ impl SafetensorsSource {
                 message: e.to_string(),
             })?;
             for (name, view) in tensors.tensors() {
+                let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
                 entries.insert(
                     name,
                     Entry {
                         file: index,
                         dtype: view.dtype(),
                         shape: view.shape().to_vec(),
+                        bytes: start..start + view.data().len(),
                     },
                 );
             }
@@ -101,15 +105,7 @@ impl SafetensorsSource {
             .entries
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
-        let (path, mmap) = &self.files[entry.file];
-        let bad = |e: safetensors::SafeTensorError| ModelError::Safetensors {
-            path: path.clone(),
-            message: e.to_string(),
-        };
-        let tensors = SafeTensors::deserialize(mmap).map_err(bad)?;
-        let bytes = tensors.tensor(name).map_err(bad)?.data();
-        let start = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
-        Ok((entry, mmap, start..start + bytes.len()))
+        Ok((entry, &self.files[entry.file].1, entry.bytes.clone()))
     }
 }
 
