@@ -11,6 +11,13 @@ input), the logits of the last position only, one backward pass of the predicted
 logit, and the Grad x Activation node scores. It prints one JSON line: load_s, forward_s,
 backward_s, tokens, predicted_id, and the node scores' sum (a check that the work was done).
 
+    bench_torch.py --ablate-nodes MODEL_DIR PROMPT_FILE THREADS
+
+loads the model the same way and, after one untimed warm-up pass, runs one forward pass per
+node (the embeddings, every attention output after o_proj, every MLP output) with that node's
+output replaced by zeros (a forward hook; no gradients, logits of the last position only):
+the unbatched way to check every node by ablation. It prints {"passes", "seconds", "tokens"}.
+
     bench_torch.py --matmul THREADS
 
 prints this machine's f32 matmul rate in GFLOP/s (the best of several square and
@@ -44,7 +51,8 @@ def matmul_peak(threads):
     return best
 
 
-def attribute(model_dir, prompt_file, threads):
+def load(model_dir, prompt_file, threads):
+    """The prompt, tokenizer and frozen f32 model, and the seconds the loading took."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
@@ -57,7 +65,11 @@ def attribute(model_dir, prompt_file, threads):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    load_s = time.perf_counter() - start
+    return prompt, tokenizer, model, time.perf_counter() - start
+
+
+def attribute(model_dir, prompt_file, threads):
+    prompt, tokenizer, model, load_s = load(model_dir, prompt_file, threads)
 
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     taps = []
@@ -108,9 +120,37 @@ def attribute(model_dir, prompt_file, threads):
     }
 
 
+def ablate_nodes(model_dir, prompt_file, threads):
+    prompt, tokenizer, model, _ = load(model_dir, prompt_file, threads)
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    inner = model.model
+    nodes = [inner.embed_tokens]
+    for layer in inner.layers:
+        nodes += [layer.self_attn, layer.mlp]
+
+    def zero(_module, _args, output):
+        if isinstance(output, tuple):
+            return (torch.zeros_like(output[0]),) + tuple(output[1:])
+        return torch.zeros_like(output)
+
+    with torch.no_grad():
+        model(input_ids=ids, logits_to_keep=1)
+        start = time.perf_counter()
+        for module in nodes:
+            handle = module.register_forward_hook(zero)
+            try:
+                model(input_ids=ids, logits_to_keep=1)
+            finally:
+                handle.remove()
+        seconds = time.perf_counter() - start
+    return {"passes": len(nodes), "seconds": seconds, "tokens": ids.shape[1]}
+
+
 def main(argv):
     if len(argv) == 2 and argv[0] == "--matmul":
         print(json.dumps({"matmul_gflops": matmul_peak(int(argv[1]))}))
+    elif len(argv) == 4 and argv[0] == "--ablate-nodes":
+        print(json.dumps(ablate_nodes(argv[1], argv[2], int(argv[3]))))
     elif len(argv) == 3:
         print(json.dumps(attribute(argv[0], argv[1], int(argv[2]))))
     else:

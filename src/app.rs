@@ -9,7 +9,8 @@ use crate::attribution::{self, Ablation, Event, Objective, Outcome, Request, Tar
 use crate::backends::{Selection, BURN_VERSION};
 use crate::cli::AttributeArgs;
 use crate::graph::{
-    Attribution, Edge, EdgeCheck, Head, LensRow, LensToken, Node, NodeCheck, NodeKind, Verification,
+    Attribution, Edge, EdgeCheck, Head, IntegratedGradients, LensRow, LensToken, Node, NodeCheck,
+    NodeKind, Verification, VerificationSeconds,
 };
 use crate::model::{Qwen2Config, Site};
 use crate::output::{prepare_dir, write_atomic};
@@ -67,10 +68,18 @@ pub fn attribute_command(
             }
             Some(ids)
         }
-        None if args.verify && args.ablate == Ablation::Patch => {
+        None if args.verify && args.ablation() == Ablation::Patch => {
             bail!("--ablate patch needs --corrupt, a prompt of the same token length")
         }
         None => None,
+    };
+    if corrupt.is_some() && !args.verify && args.ig_steps.is_none() {
+        bail!("--corrupt is used by --verify and --ig-steps; give one of them (or drop --corrupt)");
+    }
+    let prune_options = PruneOptions {
+        node_threshold: args.node_threshold,
+        edge_threshold: args.edge_threshold,
+        top_edges: args.top_edges,
     };
 
     say(format!(
@@ -86,9 +95,12 @@ pub fn attribute_command(
             head_edges: args.heads,
             nodes_only: args.nodes_only,
             lens: args.lens,
-            verify: args.verify.then_some(args.ablate),
+            verify: args.verify.then_some(args.ablation()),
             corrupt,
             verify_edges: args.verify_edges,
+            verify_batch: args.verify_batch.map(|n| n as usize),
+            circuit: Some(prune_options),
+            ig_steps: args.ig_steps.map(|m| m as usize),
         },
     };
     let mut on_event = |event: Event| {
@@ -106,13 +118,21 @@ pub fn attribute_command(
                 tokenizer.token_text(predicted_id)
             ),
             Event::Backward { seconds } => format!("Backward pass done ({seconds:.2} s)"),
+            Event::Integrated { steps, seconds } => format!(
+                "EAP-IG: {} more points on the path from the baseline done ({seconds:.2} s)",
+                steps - 1
+            ),
+            Event::Verified {
+                interventions,
+                seconds,
+            } => format!("Verification: {interventions} interventions done ({seconds:.2} s)"),
         })
     };
     let outcome = attribution::attribute(&selection, &request, progress, &mut on_event)?;
     let t = &outcome.timings;
     say(format!(
         "Attribution calculation finished ({:.2} s)",
-        t.forward_s + t.backward_s + t.scores_s
+        t.forward_s + t.backward_s + t.ig_s + t.scores_s
     ));
 
     let mut graph = to_graph(&files.name, args, &selection, &encoded, &tokenizer, outcome);
@@ -120,14 +140,7 @@ pub fn attribute_command(
     graph.timings.tokenize_s = tokenize_s;
 
     let started = Instant::now();
-    let pruned = prune(
-        &graph,
-        &PruneOptions {
-            node_threshold: args.node_threshold,
-            edge_threshold: args.edge_threshold,
-            top_edges: args.top_edges,
-        },
-    );
+    let pruned = prune(&graph, &prune_options);
     let pictures = [
         ("graph", render::pathway_svg(&graph)),
         ("graph-dag", render::dag_svg(&graph, &pruned)),
@@ -291,7 +304,7 @@ fn to_graph(
     let verification = args.verify.then(|| {
         let agreement = attribution::agreement(&outcome.checks);
         Verification {
-            ablation: args.ablate.name().into(),
+            ablation: args.ablation().name().into(),
             corrupt_prompt: args.corrupt.clone(),
             nodes: outcome
                 .checks
@@ -315,8 +328,22 @@ fn to_graph(
                     actual: c.actual,
                 })
                 .collect(),
+            seconds: VerificationSeconds {
+                nodes: outcome.verify_seconds.nodes_s,
+                edges: outcome.verify_seconds.edges_s,
+                circuit: outcome.verify_seconds.circuit_s,
+            },
+            faithfulness: outcome.faithfulness.clone(),
         }
     });
+    let integrated_gradients =
+        args.ig_steps
+            .zip(outcome.baseline_value)
+            .map(|(steps, baseline_value)| IntegratedGradients {
+                steps: steps as usize,
+                baseline_prompt: args.corrupt.clone(),
+                baseline_value,
+            });
     let lens = outcome
         .lens
         .into_iter()
@@ -355,7 +382,12 @@ fn to_graph(
         metric: args.metric.name().into(),
         target_position: outcome.position,
         target_value: outcome.value,
-        method: "grad_x_activation".into(),
+        method: if integrated_gradients.is_some() {
+            "eap_ig"
+        } else {
+            "grad_x_activation"
+        }
+        .into(),
         backend: selection.kind.to_string(),
         device: selection.device.clone(),
         dtype: "f32".into(),
@@ -365,6 +397,7 @@ fn to_graph(
         heads,
         lens,
         head_edges,
+        integrated_gradients,
         verification,
     }
 }

@@ -34,6 +34,8 @@ impl Cli {
 }
 
 /// The subcommands.
+// Parsed once per run, so the size of the attribute variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attribute the next-token logit to the embeddings and every attention and MLP sublayer
@@ -85,16 +87,26 @@ pub struct AttributeArgs {
     #[arg(long)]
     pub verify: bool,
     /// With --verify, what replaces a node's output: zero, mean (its mean over the prompt's
-    /// positions) or patch (its output on --corrupt).
-    #[arg(long, default_value = "zero", requires = "verify")]
-    pub ablate: crate::attribution::Ablation,
-    /// With --verify, also check the K strongest edges u → v by removing u's output from v's
-    /// input alone (0: none).
+    /// positions) or patch (its output on --corrupt). Default: patch with --corrupt, else zero.
+    #[arg(long, requires = "verify")]
+    pub ablate: Option<crate::attribution::Ablation>,
+    /// With --verify, also check the K strongest edges u → v by swapping u's output for its
+    /// ablated value in v's input alone (0: none).
     #[arg(long, default_value_t = 20, requires = "verify")]
     pub verify_edges: usize,
-    /// The corrupted prompt for --ablate patch; it must have as many tokens as --prompt.
-    #[arg(long, requires = "verify")]
+    /// With --verify, at most N interventions per batched forward pass (default: as many as
+    /// fit 4,096 token-rows, at most 63); 1 runs each on its own beside the clean prompt.
+    #[arg(long, value_name = "N", requires = "verify", value_parser = clap::value_parser!(u32).range(1..))]
+    pub verify_batch: Option<u32>,
+    /// A corrupted prompt with as many tokens as --prompt: the source of --ablate patch and
+    /// the baseline of --ig-steps.
+    #[arg(long)]
     pub corrupt: Option<String>,
+    /// EAP-IG instead of Grad×Activation: gradients averaged over M points on the straight
+    /// line from the baseline input embeddings (--corrupt's, or zeros) to the prompt's, and
+    /// every score taken on the activations' difference from the baseline run. M = 1 is EAP.
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub ig_steps: Option<u32>,
     /// Pruned DAG: keep the fewest nodes whose cumulative influence on the target reaches
     /// this fraction.
     #[arg(long, default_value_t = 0.8, value_parser = fraction)]
@@ -143,6 +155,18 @@ fn fraction(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not between 0 and 1"))
+    }
+}
+
+impl AttributeArgs {
+    /// The ablation `--verify` uses: `--ablate`, else patch with `--corrupt`, else zero.
+    pub fn ablation(&self) -> crate::attribution::Ablation {
+        use crate::attribution::Ablation;
+        self.ablate.unwrap_or(if self.corrupt.is_some() {
+            Ablation::Patch
+        } else {
+            Ablation::Zero
+        })
     }
 }
 

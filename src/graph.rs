@@ -120,9 +120,57 @@ pub struct Verification {
     pub spearman: f64,
     /// Share of nodes whose predicted and actual changes have the same sign.
     pub same_sign: f64,
-    /// The strongest edges, each removed from its target's input alone (`--verify-edges`).
+    /// The strongest edges, each swapped for its ablated value in its target's input alone
+    /// (`--verify-edges`).
     #[serde(default)]
     pub edges: Vec<EdgeCheck>,
+    /// How long each kind of check took.
+    #[serde(default)]
+    pub seconds: VerificationSeconds,
+    /// The pruned graph (`graph-dag`) as a circuit: every edge outside it ablated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faithfulness: Option<CircuitFaithfulness>,
+}
+
+/// How much of the target value the pruned graph alone carries, as EAP-IG's paper defines it:
+/// `(circuit − empty) / (clean − empty)`. Every edge outside the circuit is ablated in its
+/// target's input alone (patched from the corrupted run, or mean or zero, as `--ablate` says).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CircuitFaithfulness {
+    /// Edges in the circuit.
+    pub edges: usize,
+    /// Edges in the whole graph.
+    pub total_edges: usize,
+    /// The target value on the clean prompt.
+    pub clean: f64,
+    /// The target value with every edge outside the circuit ablated.
+    pub circuit: f64,
+    /// The target value with every edge ablated (the corrupted run, under patching).
+    pub empty: f64,
+    /// `(circuit − empty) / (clean − empty)`: 1 when the circuit carries everything.
+    pub faithfulness: f64,
+}
+
+/// Seconds spent on each kind of check of `--verify`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerificationSeconds {
+    /// Every node replaced in turn (batched forward passes).
+    pub nodes: f64,
+    /// The strongest edges swapped in turn.
+    pub edges: f64,
+    /// The pruned circuit's faithfulness.
+    pub circuit: f64,
+}
+
+/// EAP-IG (`--ig-steps`): how the gradients were integrated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntegratedGradients {
+    /// Points on the straight line from the baseline to the prompt's input embeddings.
+    pub steps: usize,
+    /// The baseline's prompt (`--corrupt`), or none for zero embeddings.
+    pub baseline_prompt: Option<String>,
+    /// The target value on the baseline input.
+    pub baseline_value: f64,
 }
 
 /// One edge's check: the source's output removed from the target's input branch only.
@@ -151,6 +199,12 @@ pub struct Timings {
     pub backward_s: f64,
     /// Reducing gradients and activations to scores.
     pub scores_s: f64,
+    /// EAP-IG's baseline run and interpolation points (`--ig-steps`).
+    #[serde(default)]
+    pub ig_s: f64,
+    /// The interventions of `--verify`.
+    #[serde(default)]
+    pub verify_s: f64,
     /// Writing the SVG and PNG.
     pub render_s: f64,
 }
@@ -210,6 +264,10 @@ pub struct Attribution {
     /// i's attention; a layer's head edges into a node sum to its attention node's edge.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub head_edges: Vec<Edge>,
+    /// EAP-IG's path (`--ig-steps`; `method` is then `eap_ig` and every score is taken on the
+    /// activations' difference from the baseline run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrated_gradients: Option<IntegratedGradients>,
     /// Node checks by intervention (`--verify`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
@@ -258,6 +316,7 @@ impl Attribution {
             heads: vec![],
             lens: vec![],
             head_edges: vec![],
+            integrated_gradients: None,
             verification: None,
         }
     }

@@ -54,6 +54,17 @@ fn attribute(args: AttributeArgs) -> anyhow::Result<()> {
             graph.target_value,
             graph.target_logit
         );
+        if let Some(ig) = &graph.integrated_gradients {
+            eprintln!(
+                "EAP-IG over {} points from {} (value there {:.4}): scores are (a − a_baseline) ⊙ mean gradient",
+                ig.steps,
+                match &ig.baseline_prompt {
+                    Some(p) => format!("{p:?}"),
+                    None => "zero embeddings".into(),
+                },
+                ig.baseline_value
+            );
+        }
         write!(out, "{}", attrib::report::score_table(&graph))?;
         if args.heads {
             writeln!(out)?;

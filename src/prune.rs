@@ -84,28 +84,34 @@ struct Link {
 
 /// Prunes `a` with `options` (see the module docs for the rule).
 pub fn prune(a: &Attribution, options: &PruneOptions) -> Pruned {
-    let ids: Vec<&str> = a
-        .nodes
+    let nodes: Vec<&str> = a.nodes.iter().map(|n| n.id.as_str()).collect();
+    let edges: Vec<(&str, &str, f64)> = a
+        .edges
         .iter()
-        .map(|n| n.id.as_str())
+        .map(|e| (e.source.as_str(), e.target.as_str(), e.score))
+        .collect();
+    prune_edges(&nodes, &edges, options)
+}
+
+/// [`prune`] on the bare graph: node ids in pathway order (without [`TARGET`]) and edges
+/// `(source, target, score)`; [`Pruned::edges`] index `edges`.
+pub fn prune_edges(nodes: &[&str], edges: &[(&str, &str, f64)], options: &PruneOptions) -> Pruned {
+    let ids: Vec<&str> = nodes
+        .iter()
+        .copied()
         .chain(std::iter::once(TARGET))
         .collect();
     let n = ids.len();
     let target = n - 1;
     let position: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
 
-    let mut links: Vec<Link> = a
-        .edges
+    let mut links: Vec<Link> = edges
         .iter()
         .enumerate()
-        .filter_map(|(index, e)| {
-            let source = *position.get(e.source.as_str())?;
-            let target = *position.get(e.target.as_str())?;
-            let weight = if e.score.is_finite() {
-                e.score.abs()
-            } else {
-                0.0
-            };
+        .filter_map(|(index, &(source, target, score))| {
+            let source = *position.get(source)?;
+            let target = *position.get(target)?;
+            let weight = if score.is_finite() { score.abs() } else { 0.0 };
             (source < target).then_some(Link {
                 source,
                 target,

@@ -76,6 +76,20 @@ pub fn verification_table(a: &Attribution) -> String {
         v.spearman,
         100.0 * v.same_sign
     );
+    if let Some(f) = &v.faithfulness {
+        let _ = writeln!(
+            out,
+            "circuit (graph-dag, {} of {} edges): faithfulness {:.3} = ({:.4} − {:.4}) / ({:.4} − {:.4}), the rest {}-ablated",
+            f.edges,
+            f.total_edges,
+            f.faithfulness,
+            f.circuit,
+            f.empty,
+            f.clean,
+            f.empty,
+            v.ablation
+        );
+    }
     out
 }
 
@@ -126,10 +140,19 @@ pub fn heads_table(a: &Attribution, n: usize) -> String {
 
 /// `load 1.20 s · tokenize 0.00 s · forward …`.
 pub fn timing_line(t: &Timings) -> String {
-    format!(
-        "load {:.2} s · tokenize {:.3} s · forward {:.2} s · backward {:.2} s · scores {:.2} s · render {:.2} s",
-        t.load_s, t.tokenize_s, t.forward_s, t.backward_s, t.scores_s, t.render_s
-    )
+    let mut line = format!(
+        "load {:.2} s · tokenize {:.3} s · forward {:.2} s · backward {:.2} s",
+        t.load_s, t.tokenize_s, t.forward_s, t.backward_s
+    );
+    if t.ig_s > 0.0 {
+        let _ = write!(line, " · EAP-IG path {:.2} s", t.ig_s);
+    }
+    let _ = write!(line, " · scores {:.2} s", t.scores_s);
+    if t.verify_s > 0.0 {
+        let _ = write!(line, " · verify {:.2} s", t.verify_s);
+    }
+    let _ = write!(line, " · render {:.2} s", t.render_s);
+    line
 }
 
 #[cfg(test)]

@@ -283,6 +283,8 @@ fn verify_marks_the_nodes_whose_sign_differs() {
         spearman: 0.0,
         same_sign: 0.0,
         edges: vec![],
+        seconds: Default::default(),
+        faithfulness: None,
     });
     let p = prune(&a, &PruneOptions::default());
     check_drawing(&a, &p);

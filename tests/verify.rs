@@ -7,10 +7,9 @@ mod common;
 use std::process::Command;
 
 use attrib::attribution::{attribute_loaded_with, Ablation, Objective, Options, Outcome};
-use attrib::model::load::SafetensorsSource;
-use attrib::model::{Qwen2Config, Qwen2ForCausalLM};
+use attrib::model::Qwen2ForCausalLM;
 use burn::backend::Autodiff;
-use common::{fixture, TestBackend};
+use common::{fixture, fixture_model, TestBackend};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -61,11 +60,7 @@ type Model = Qwen2ForCausalLM<Autodiff<TestBackend>>;
 fn setup() -> (Reference, Model) {
     let path = fixture("reference/verify-tiny-tied.json");
     let reference: Reference = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let folder = fixture("tiny-tied");
-    let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
-    let source = SafetensorsSource::from_folder(&folder).unwrap();
-    let model = Qwen2ForCausalLM::load(&config, &source, &Default::default()).unwrap();
-    (reference, model)
+    (reference, fixture_model("tiny-tied"))
 }
 
 /// Attributes the prediction with `options`.

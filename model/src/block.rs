@@ -9,7 +9,7 @@ use crate::config::Qwen2Config;
 use crate::error::ModelError;
 use crate::load::Loader;
 use crate::mlp::Mlp;
-use crate::probe::{Probe, Site};
+use crate::probe::{NoProbe, Probe, Site};
 use crate::rope::Rope;
 
 /// A pre-norm decoder layer; field names are the checkpoint's.
@@ -76,5 +76,35 @@ impl<B: Backend> DecoderLayer<B> {
             .mlp
             .forward(self.post_attention_layernorm.forward(branch));
         x + probe.at(Site::MlpOut(layer), mlp)
+    }
+
+    /// The attention branch alone, `attn(norm(x))`, without probes: what
+    /// [`forward`](Self::forward) adds to the residual stream for its first sublayer.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
+    pub fn attention_branch(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        mask: &Tensor<B, 2>,
+        layer: usize,
+    ) -> Tensor<B, 3> {
+        self.self_attn.forward(
+            self.input_layernorm.forward(x),
+            rope,
+            mask,
+            layer,
+            &mut NoProbe,
+        )
+    }
+
+    /// The MLP branch alone, `mlp(norm(x))`: what [`forward`](Self::forward) adds for its second
+    /// sublayer.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
+    pub fn mlp_branch(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }

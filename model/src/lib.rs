@@ -15,6 +15,7 @@ pub mod mlp;
 pub mod model;
 pub mod norm;
 pub mod probe;
+pub mod resume;
 pub mod rope;
 
 pub use config::Qwen2Config;

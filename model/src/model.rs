@@ -38,7 +38,7 @@ pub struct Qwen2ForCausalLM<B: Backend> {
     pub lm_head: Option<Linear<B>>,
     /// The config the model was built from.
     pub config: Qwen2Config,
-    rope: Rope<B>,
+    pub(crate) rope: Rope<B>,
 }
 
 impl<B: Backend> Qwen2ForCausalLM<B> {
@@ -173,7 +173,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
 
 /// `[seq, seq]`: 0 on and below the diagonal, the most negative f32 above it (as transformers'
 /// eager attention), so that `softmax` gives future positions exactly zero weight.
-fn causal_mask<B: Backend>(seq: usize, device: &B::Device) -> Tensor<B, 2> {
+pub(crate) fn causal_mask<B: Backend>(seq: usize, device: &B::Device) -> Tensor<B, 2> {
     let values: Vec<f32> = (0..seq * seq)
         .map(|i| if i % seq > i / seq { f32::MIN } else { 0.0 })
         .collect();

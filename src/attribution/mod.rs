@@ -1,8 +1,10 @@
 //! Grad×Activation attribution: one forward with zero taps at every site, one backward of the
 //! target logit, then `g ⊙ a` reduced per node.
 
+pub mod circuit;
 pub mod edges;
 pub mod heads;
+pub mod ig;
 pub mod lens;
 pub mod scores;
 pub mod taps;
@@ -21,8 +23,10 @@ use crate::graph::Timings;
 use crate::model::{ModelError, Qwen2Config, Qwen2ForCausalLM, Site};
 use crate::predict::{ids_tensor, load_model};
 use crate::progress::Progress;
+use crate::prune::{prune_edges, PruneOptions};
 use crate::source::ModelFiles;
 
+pub use circuit::Faithfulness;
 pub use edges::{EdgeScore, LOGITS};
 pub use heads::HeadScore;
 pub use lens::LensEntry;
@@ -47,7 +51,7 @@ pub struct Request<'a> {
 }
 
 /// Optional, costlier parts of an attribution.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Options {
     /// Edges from every attention head to every node downstream of its layer's attention.
     pub head_edges: bool,
@@ -59,10 +63,29 @@ pub struct Options {
     pub lens: bool,
     /// Replace every node's output in turn and record the objective's actual change.
     pub verify: Option<Ablation>,
-    /// The corrupted prompt's ids, for [`Ablation::Patch`].
+    /// The corrupted prompt's ids: the source of [`Ablation::Patch`], and EAP-IG's baseline.
     pub corrupt: Option<Vec<u32>>,
     /// With `verify`: check this many of the strongest edges by the path-specific intervention.
     pub verify_edges: usize,
+    /// With `verify`: interventions per batched forward pass (automatic when `None`).
+    pub verify_batch: Option<usize>,
+    /// With `verify`: the faithfulness of the graph pruned with these options (every edge
+    /// outside it swapped as `verify` ablates).
+    pub circuit: Option<PruneOptions>,
+    /// EAP-IG with this many points: gradients averaged from the baseline input (`corrupt`, or
+    /// zero embeddings) to the clean one, and every score taken on `a − a_baseline`.
+    pub ig_steps: Option<usize>,
+}
+
+/// Seconds spent on each kind of check of `--verify`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VerifySeconds {
+    /// Every node replaced in turn.
+    pub nodes_s: f64,
+    /// The strongest edges swapped in turn.
+    pub edges_s: f64,
+    /// The pruned circuit's faithfulness.
+    pub circuit_s: f64,
 }
 
 /// Milestones of a run, for the terminal.
@@ -89,6 +112,20 @@ pub enum Event {
     },
     /// The backward pass is done.
     Backward {
+        /// Seconds.
+        seconds: f64,
+    },
+    /// EAP-IG's baseline run and interpolation points are done.
+    Integrated {
+        /// Points on the path.
+        steps: usize,
+        /// Seconds.
+        seconds: f64,
+    },
+    /// The interventions of `--verify` are done.
+    Verified {
+        /// Forward rows run (clean baselines included).
+        interventions: usize,
         /// Seconds.
         seconds: f64,
     },
@@ -123,6 +160,12 @@ pub struct Outcome {
     pub checks: Vec<NodeCheck>,
     /// Edge checks (with `Options::verify`), strongest `|score|` first.
     pub edge_checks: Vec<EdgeCheck>,
+    /// The pruned graph's faithfulness (with `Options::verify` and `Options::circuit`).
+    pub faithfulness: Option<Faithfulness>,
+    /// How long each kind of check took (with `Options::verify`).
+    pub verify_seconds: VerifySeconds,
+    /// The objective on EAP-IG's baseline input (with `Options::ig_steps`).
+    pub baseline_value: Option<f64>,
     /// How many sites were tapped.
     pub taps: usize,
     /// Load, forward, backward and score times (tokenize and render are the caller's).
@@ -273,19 +316,85 @@ pub fn attribute_loaded_with<B: Backend>(
         grad_tensors.insert(tap.site, grad);
     }
     let node_sites: Vec<Site> = sites.iter().copied().filter(|s| is_node(*s)).collect();
+    let mut scores_s = started.elapsed().as_secs_f64();
+
+    // EAP-IG: the gradients averaged along the path from the baseline input, and every score
+    // on the difference from the baseline's activations.
+    let mut ig_s = 0.0;
+    let integrated = match options.ig_steps {
+        Some(steps) => {
+            let started = Instant::now();
+            let tap: Option<fn(Site) -> bool> = if options.nodes_only {
+                Some(is_node)
+            } else {
+                None
+            };
+            let ig = ig::integrate(
+                model,
+                ids,
+                objective,
+                target_id,
+                steps,
+                options.corrupt.as_deref(),
+                &activations[&Site::Embed],
+                &gradients,
+                tap,
+            )?;
+            gradients = ig.mean_gradients;
+            for tap in &taps.taps {
+                let mean = TensorData::new(gradients[&tap.site].clone(), tap.activation.dims());
+                grad_tensors.insert(tap.site, Tensor::from_data(mean, &device));
+            }
+            ig_s = started.elapsed().as_secs_f64();
+            on_event(Event::Integrated {
+                steps,
+                seconds: ig_s,
+            });
+            Some((ig.baseline, ig.baseline_value))
+        }
+        None => None,
+    };
+
+    let started = Instant::now();
+    let differences: HashMap<Site, Vec<f32>> = match &integrated {
+        Some((baseline, _)) => node_sites
+            .iter()
+            .map(|s| {
+                let d = activations[s]
+                    .iter()
+                    .zip(&baseline[s])
+                    .map(|(a, b)| a - b)
+                    .collect();
+                (*s, d)
+            })
+            .collect(),
+        None => HashMap::new(),
+    };
+    // What the scores multiply with the gradients: a, or a − a_baseline under EAP-IG.
+    let scored = |s: &Site| differences.get(s).unwrap_or(&activations[s]).as_slice();
     let nodes = node_sites
         .iter()
-        .map(|s| {
-            (
-                *s,
-                grad_times_activation(&gradients[s], &activations[s], seq),
-            )
-        })
+        .map(|s| (*s, grad_times_activation(&gradients[s], scored(s), seq)))
         .collect();
-    let node_data: Vec<(Site, &[f32])> = node_sites
-        .iter()
-        .map(|s| (*s, activations[s].as_slice()))
-        .collect();
+    let node_data: Vec<(Site, &[f32])> = node_sites.iter().map(|s| (*s, scored(s))).collect();
+    // Each layer's HeadOut activation (minus the baseline's under EAP-IG).
+    let head_activation = |layer: usize| -> Tensor<B, 3> {
+        let tap = taps
+            .taps
+            .iter()
+            .find(|t| t.site == Site::HeadOut(layer))
+            .expect("every layer has a HeadOut tap");
+        match &integrated {
+            Some((baseline, _)) => {
+                let base = TensorData::new(
+                    baseline[&Site::HeadOut(layer)].clone(),
+                    tap.activation.dims(),
+                );
+                tap.activation.clone() - Tensor::from_data(base, &device)
+            }
+            None => tap.activation.clone(),
+        }
+    };
     // Everything beyond the node scores (none of it with `nodes_only`).
     let (edges, heads, head_edges, lens) = if options.nodes_only {
         Default::default()
@@ -294,16 +403,11 @@ pub fn attribute_loaded_with<B: Backend>(
 
         let mut heads = Vec::new();
         for (layer, block) in model.model.layers.iter().enumerate() {
-            let tap = taps
-                .taps
-                .iter()
-                .find(|t| t.site == Site::HeadOut(layer))
-                .expect("every layer has a HeadOut tap");
             heads.extend(
                 heads::layer_heads(
                     layer,
                     c.num_attention_heads,
-                    tap.activation.clone(),
+                    head_activation(layer),
                     grad_tensors[&Site::HeadOut(layer)].clone(),
                     block.self_attn.o_proj.weight.val().inner(),
                     grad_tensors[&Site::AttnOut(layer)].clone(),
@@ -324,16 +428,11 @@ pub fn attribute_loaded_with<B: Backend>(
                     .chain(std::iter::once((LOGITS.to_string(), Site::FinalIn)))
                     .map(|(id, input)| (id, grad_tensors[&input].clone()))
                     .collect();
-                let tap = taps
-                    .taps
-                    .iter()
-                    .find(|t| t.site == Site::HeadOut(layer))
-                    .expect("every layer has a HeadOut tap");
                 head_edges.extend(
                     heads::layer_head_edges(
                         layer,
                         c.num_attention_heads,
-                        tap.activation.clone(),
+                        head_activation(layer),
                         block.self_attn.o_proj.weight.val().inner(),
                         &downstream,
                     )
@@ -343,38 +442,76 @@ pub fn attribute_loaded_with<B: Backend>(
         }
 
         let lens = if options.lens {
-            logit_lens(model, &node_data, position, seq, target_id)?
+            let clean: Vec<(Site, &[f32])> = node_sites
+                .iter()
+                .map(|s| (*s, activations[s].as_slice()))
+                .collect();
+            logit_lens(model, &clean, position, seq, target_id)?
         } else {
             Vec::new()
         };
         (edges, heads, head_edges, lens)
     };
-    let checks = match options.verify {
-        Some(ablation) => verify::check_nodes(
-            model,
-            ids,
-            objective,
-            target_id,
-            &node_sites,
-            &activations,
-            &gradients,
-            ablation,
-            options.corrupt.as_deref(),
-        )?,
-        None => Vec::new(),
+    scores_s += started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let (checks, edge_checks, faithfulness, verify_seconds) = match options.verify {
+        Some(ablation) => {
+            let replaced = verify::replacements(
+                model,
+                ids,
+                &node_sites,
+                &activations,
+                ablation,
+                options.corrupt.as_deref(),
+            )?;
+            let clean = verify::Clean {
+                model,
+                ids,
+                objective,
+                target_id,
+                per_pass: options.verify_batch,
+            };
+            let mut seconds = VerifySeconds::default();
+            let t = Instant::now();
+            let checks =
+                verify::check_nodes(&clean, &node_sites, &activations, &gradients, &replaced)?;
+            seconds.nodes_s = t.elapsed().as_secs_f64();
+            let mut strongest: Vec<&EdgeScore> =
+                edges.iter().filter(|e| e.score.is_finite()).collect();
+            strongest.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+            strongest.truncate(options.verify_edges);
+            let list: Vec<(String, String)> = strongest
+                .iter()
+                .map(|e| (e.source.clone(), e.target.clone()))
+                .collect();
+            let t = Instant::now();
+            let edge_checks =
+                verify::check_edges(&clean, &list, &activations, &gradients, &replaced)?;
+            seconds.edges_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let faithfulness = match options.circuit {
+                Some(prune) if !edges.is_empty() => Some(pruned_faithfulness(
+                    &clean,
+                    &node_sites,
+                    &edges,
+                    &prune,
+                    &replaced,
+                )?),
+                _ => None,
+            };
+            seconds.circuit_s = t.elapsed().as_secs_f64();
+            on_event(Event::Verified {
+                interventions: checks.len()
+                    + edge_checks.len()
+                    + faithfulness.as_ref().map_or(0, |_| 2),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+            (checks, edge_checks, faithfulness, seconds)
+        }
+        None => Default::default(),
     };
-    let edge_checks = if options.verify.is_some() && options.verify_edges > 0 {
-        let mut strongest: Vec<&EdgeScore> = edges.iter().filter(|e| e.score.is_finite()).collect();
-        strongest.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
-        strongest.truncate(options.verify_edges);
-        let list: Vec<(String, String, f64)> = strongest
-            .iter()
-            .map(|e| (e.source.clone(), e.target.clone(), e.score))
-            .collect();
-        verify::check_edges(model, ids, objective, target_id, &list, &activations)?
-    } else {
-        Vec::new()
-    };
+    let verify_s = started.elapsed().as_secs_f64();
     Ok(Outcome {
         predicted_id,
         target_id,
@@ -389,14 +526,43 @@ pub fn attribute_loaded_with<B: Backend>(
         head_edges,
         checks,
         edge_checks,
+        faithfulness,
+        verify_seconds,
+        baseline_value: integrated.map(|(_, v)| v),
         taps: taps.taps.len(),
         timings: Timings {
             forward_s,
             backward_s,
-            scores_s: started.elapsed().as_secs_f64(),
+            scores_s,
+            ig_s,
+            verify_s,
             ..Timings::default()
         },
     })
+}
+
+/// The faithfulness of the graph pruned with `options`, every other edge swapped for the
+/// replacement of its source.
+fn pruned_faithfulness<B: Backend>(
+    clean: &verify::Clean<Autodiff<B>>,
+    node_sites: &[Site],
+    edges: &[EdgeScore],
+    options: &PruneOptions,
+    replaced: &HashMap<Site, Vec<f32>>,
+) -> Result<Faithfulness, ModelError> {
+    let names: Vec<String> = node_sites.iter().map(|s| s.to_string()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let list: Vec<(&str, &str, f64)> = edges
+        .iter()
+        .map(|e| (e.source.as_str(), e.target.as_str(), e.score))
+        .collect();
+    let pruned = prune_edges(&names, &list, options);
+    let all = edges
+        .iter()
+        .map(|e| verify::edge_sites(&e.source, &e.target))
+        .collect::<Result<Vec<_>, _>>()?;
+    let circuit: Vec<(Site, Site)> = pruned.edges.iter().map(|&i| all[i]).collect();
+    circuit::faithfulness(clean, replaced, &all, &circuit)
 }
 
 /// The final norm and LM head on the residual stream after each node, at `position`.

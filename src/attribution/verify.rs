@@ -14,6 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 
 use super::Objective;
+use crate::model::resume::Resume;
 use crate::model::{ModelError, Probe, Qwen2ForCausalLM, Site};
 use crate::predict::ids_tensor;
 
@@ -69,16 +70,16 @@ pub struct NodeCheck {
     pub actual: f64,
 }
 
-/// One edge's check: u's contribution removed from v's input only.
+/// One edge's check: u's output swapped for its replacement in v's input only.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EdgeCheck {
     /// Source node id.
     pub source: String,
     /// Target node id (`logits` for the output).
     pub target: String,
-    /// The edge score's first-order prediction of the removal: `−Σ a_u ⊙ g_in(v)`.
+    /// The first-order prediction `Σ (r_u − a_u) ⊙ g_in(v)` (`−score` for zero ablation).
     pub predicted: f64,
-    /// The objective with `a_u` subtracted at v's input branch, minus the clean objective.
+    /// The objective with the swap at v's input branch, minus the clean objective.
     pub actual: f64,
 }
 
@@ -93,90 +94,143 @@ pub struct Agreement {
     pub same_sign: f64,
 }
 
-/// Rows per batched forward pass: enough to read the weights once for many interventions,
-/// few enough to keep activations small on long prompts.
-fn rows_per_batch(seq: usize) -> usize {
-    (4096 / seq.max(1)).clamp(2, 64)
+/// The clean run that interventions are measured against, and how they are batched.
+#[derive(Debug, Clone, Copy)]
+pub struct Clean<'a, B: Backend> {
+    /// The model.
+    pub model: &'a Qwen2ForCausalLM<B>,
+    /// The prompt's ids.
+    pub ids: &'a [u32],
+    /// What is measured.
+    pub objective: Objective,
+    /// The token the objective scores.
+    pub target_id: u32,
+    /// Interventions per batched forward pass (each pass also carries the clean prompt); by
+    /// default as many as fit 4,096 token-rows, at most 63.
+    pub per_pass: Option<usize>,
 }
 
-/// Replaces one site's output in one batch row.
-struct Replace<B: Backend> {
-    rows: HashMap<Site, (usize, Tensor<B, 3>)>,
-}
-
-impl<B: Backend> Probe<B> for Replace<B> {
-    fn at(&mut self, site: Site, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        match self.rows.get(&site) {
-            Some((row, with)) => {
-                let [_, seq, width] = x.dims();
-                x.slice_assign([*row..*row + 1, 0..seq, 0..width], with.clone())
-            }
-            None => x,
-        }
+impl<B: Backend> Clean<'_, B> {
+    /// Interventions per batched forward pass: enough to read the weights once for many, few
+    /// enough to keep activations small on long prompts.
+    fn per_pass(&self) -> usize {
+        self.per_pass
+            .unwrap_or((4096 / self.ids.len().max(1)).clamp(2, 64) - 1)
+            .max(1)
     }
-}
 
-/// Subtracts a tensor from one site's input in one batch row (several rows may share a site).
-struct Subtract<B: Backend> {
-    rows: HashMap<Site, Vec<(usize, Tensor<B, 3>)>>,
-}
-
-impl<B: Backend> Probe<B> for Subtract<B> {
-    fn at(&mut self, site: Site, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if let Some(rows) = self.rows.get(&site) {
-            let [_, seq, width] = x.dims();
-            for (row, delta) in rows {
-                let range = [*row..*row + 1, 0..seq, 0..width];
-                let new = x.clone().slice(range.clone()) - delta.clone();
-                x = x.slice_assign(range, new);
-            }
-        }
-        x
-    }
-}
-
-/// The path-specific intervention for each `(source, target, score)` edge: the source's clean
-/// output subtracted from the target's input branch (its `*In` site; `FinalIn` for
-/// `logits`), nothing else changed. `activations` are the node outputs as in [`check_nodes`].
-pub fn check_edges<B: Backend>(
-    model: &Qwen2ForCausalLM<B>,
-    ids: &[u32],
-    objective: Objective,
-    target_id: u32,
-    edges: &[(String, String, f64)],
-    activations: &HashMap<Site, Vec<f32>>,
-) -> Result<Vec<EdgeCheck>, ModelError> {
-    let device = model.model.embed_tokens.weight.val().device();
-    let seq = ids.len();
-    let position = objective.position_in(seq);
-    let hidden = model.config.hidden_size;
-    let bad = |id: &str| ModelError::Source(format!("{id} is not a node of this model"));
-    let mut checks = Vec::with_capacity(edges.len());
-    for chunk in edges.chunks(rows_per_batch(seq) - 1) {
-        let mut probe = Subtract {
-            rows: HashMap::new(),
+    /// The objective of each run resumed from the clean residual stream (see
+    /// [`Qwen2ForCausalLM::forward_resumed`]), in the order given: `(sublayer, residual,
+    /// branch)`, `[seq, hidden]` row-major.
+    fn resumed(&self, runs: Vec<(usize, Vec<f32>, Option<Vec<f32>>)>) -> Vec<f64> {
+        let device = self.model.model.embed_tokens.weight.val().device();
+        let seq = self.ids.len();
+        let hidden = self.model.config.hidden_size;
+        let tensor = |values: Vec<f32>| {
+            Tensor::<B, 3>::from_data(TensorData::new(values, [1, seq, hidden]), &device)
         };
-        for (k, (source, target, _)) in chunk.iter().enumerate() {
-            let u: Site = source.parse().map_err(|_| bad(source))?;
-            let v = if target == super::LOGITS {
-                Site::FinalIn
-            } else {
-                let v: Site = target.parse().map_err(|_| bad(target))?;
-                super::edges::input_site(v).ok_or_else(|| bad(target))?
-            };
-            let a = activations.get(&u).ok_or_else(|| bad(source))?;
-            let delta =
-                Tensor::<B, 3>::from_data(TensorData::new(a.clone(), [1, seq, hidden]), &device);
-            probe.rows.entry(v).or_default().push((k + 1, delta));
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_by_key(|&i| runs[i].0);
+        let mut runs: Vec<Option<_>> = runs.into_iter().map(Some).collect();
+        let sorted: Vec<Resume<B>> = order
+            .iter()
+            .map(|&i| {
+                let (sublayer, residual, branch) = runs[i].take().expect("each run once");
+                Resume {
+                    sublayer,
+                    residual: tensor(residual),
+                    branch: branch.map(tensor),
+                }
+            })
+            .collect();
+        let position = self.objective.position_in(seq);
+        let logits = self.model.forward_resumed(sorted, &[position]);
+        let values = row_values(logits, self.objective, self.target_id);
+        let mut out = vec![0.0; values.len()];
+        for (k, &i) in order.iter().enumerate() {
+            out[i] = values[k];
         }
-        let rows = chunk.len() + 1;
-        let values = objective_rows(model, ids, rows, position, objective, target_id, &mut probe);
-        for (k, (source, target, score)) in chunk.iter().enumerate() {
+        out
+    }
+
+    /// The objective in each of `rows` copies of the prompt run with `probe`.
+    pub(super) fn rows(&self, rows: usize, probe: &mut dyn Probe<B>) -> Vec<f64> {
+        let position = self.objective.position_in(self.ids.len());
+        objective_rows(
+            self.model,
+            self.ids,
+            rows,
+            position,
+            self.objective,
+            self.target_id,
+            probe,
+        )
+    }
+}
+
+/// The site whose input branch carries edge `source → target`: the target's `*In` site
+/// (`FinalIn` for `logits`), with the source's node site.
+pub fn edge_sites(source: &str, target: &str) -> Result<(Site, Site), ModelError> {
+    let bad = |id: &str| ModelError::Source(format!("{id} is not a node of this model"));
+    let u: Site = source.parse().map_err(|_| bad(source))?;
+    if !super::is_node(u) {
+        return Err(bad(source));
+    }
+    let v = if target == super::LOGITS {
+        Site::FinalIn
+    } else {
+        let v: Site = target.parse().map_err(|_| bad(target))?;
+        super::edges::input_site(v).ok_or_else(|| bad(target))?
+    };
+    Ok((u, v))
+}
+
+/// The path-specific intervention for each `(source, target)` edge: in the target's input
+/// branch alone (its `*In` site; `FinalIn` for `logits`), the source's clean output is swapped
+/// for its replacement (zero, mean or corrupted: see [`replacements`]); nothing else changes.
+/// The prediction is `Σ (r_u − a_u) ⊙ g_in(v)`, which for zero ablation is `−score`.
+/// `activations`, `gradients` and `replaced` are as in [`check_nodes`].
+pub fn check_edges<B: Backend>(
+    clean: &Clean<B>,
+    edges: &[(String, String)],
+    activations: &HashMap<Site, Vec<f32>>,
+    gradients: &HashMap<Site, Vec<f32>>,
+    replaced: &HashMap<Site, Vec<f32>>,
+) -> Result<Vec<EdgeCheck>, ModelError> {
+    let layers = clean.model.config.num_hidden_layers;
+    let residuals = clean_residuals(layers, activations)?;
+    let missing = |site: Site| ModelError::Source(format!("no activation recorded at {site}"));
+    let mut checks = Vec::with_capacity(edges.len());
+    for chunk in edges.chunks(clean.per_pass()) {
+        let mut runs = Vec::with_capacity(chunk.len() + 1);
+        let mut predicted = Vec::with_capacity(chunk.len());
+        for (source, target) in chunk {
+            let (u, v) = edge_sites(source, target)?;
+            let a = activations.get(&u).ok_or_else(|| missing(u))?;
+            let r = replaced.get(&u).ok_or_else(|| missing(u))?;
+            let g = gradients.get(&v).ok_or_else(|| missing(v))?;
+            let delta: Vec<f32> = a.iter().zip(r).map(|(a, r)| a - r).collect();
+            predicted.push(
+                delta
+                    .iter()
+                    .zip(g)
+                    .map(|(d, g)| -(*d as f64) * *g as f64)
+                    .sum::<f64>(),
+            );
+            let s = input_sublayer(v, layers).ok_or_else(|| missing(v))?;
+            let x = &residuals[s];
+            let branch = x.iter().zip(&delta).map(|(x, d)| x - d).collect();
+            runs.push((s, x.clone(), Some(branch)));
+        }
+        runs.push((2 * layers, residuals[2 * layers].clone(), None));
+        let values = clean.resumed(runs);
+        let base = values[chunk.len()];
+        for (k, (source, target)) in chunk.iter().enumerate() {
             checks.push(EdgeCheck {
                 source: source.clone(),
                 target: target.clone(),
-                predicted: -score,
-                actual: values[k + 1] - values[0],
+                predicted: predicted[k],
+                actual: values[k] - base,
             });
         }
     }
@@ -199,7 +253,12 @@ fn objective_rows<B: Backend>(
         &[position],
         probe,
     );
-    let vocab = logits.dims()[2];
+    row_values(logits, objective, target_id)
+}
+
+/// The objective of each row of `[rows, 1, vocab]` logits.
+fn row_values<B: Backend>(logits: Tensor<B, 3>, objective: Objective, target_id: u32) -> Vec<f64> {
+    let [rows, _, vocab] = logits.dims();
     (0..rows)
         .map(|r| {
             let row = logits
@@ -209,6 +268,48 @@ fn objective_rows<B: Backend>(
             objective.value(row, target_id).into_scalar().elem::<f64>()
         })
         .collect()
+}
+
+/// Where a node's output joins the residual stream: its index in pathway order (`Embed` 0,
+/// `AttnOut(l)` `2l + 1`, `MlpOut(l)` `2l + 2`), which is also the sublayer after it.
+fn pathway_index(site: Site) -> Option<usize> {
+    match site {
+        Site::Embed => Some(0),
+        Site::AttnOut(l) => Some(2 * l + 1),
+        Site::MlpOut(l) => Some(2 * l + 2),
+        _ => None,
+    }
+}
+
+/// The sublayer whose branch an input site feeds (`FinalIn`: `2L`, the final norm).
+fn input_sublayer(site: Site, layers: usize) -> Option<usize> {
+    match site {
+        Site::AttnIn(l) => Some(2 * l),
+        Site::MlpIn(l) => Some(2 * l + 1),
+        Site::FinalIn => Some(2 * layers),
+        _ => None,
+    }
+}
+
+/// The clean residual stream entering every sublayer, `x_0 ..= x_{2L}` (`x_0` the embeddings,
+/// `x_{s+1} = x_s +` sublayer s's output), summed in f32 in the forward's order so that each is
+/// the forward's own, bit for bit.
+fn clean_residuals(
+    layers: usize,
+    activations: &HashMap<Site, Vec<f32>>,
+) -> Result<Vec<Vec<f32>>, ModelError> {
+    let mut out: Vec<Vec<f32>> = Vec::with_capacity(2 * layers + 1);
+    for site in Site::all(layers).into_iter().filter(|s| super::is_node(*s)) {
+        let a = activations
+            .get(&site)
+            .ok_or_else(|| ModelError::Source(format!("no activation recorded at {site}")))?;
+        let next = match out.last() {
+            Some(x) => x.iter().zip(a).map(|(x, a)| x + a).collect(),
+            None => a.clone(),
+        };
+        out.push(next);
+    }
+    Ok(out)
 }
 
 /// Records the outputs at the node sites (for patching).
@@ -226,36 +327,28 @@ impl<B: Backend> Probe<B> for Record<B> {
     }
 }
 
-/// Replaces each node in `nodes` in turn and measures the objective.
-///
-/// `activations` and `gradients` are each node's clean output and the objective's gradient
-/// there, `[seq, width]` row-major; `corrupt` the corrupted prompt's ids for
-/// [`Ablation::Patch`] (same length as `ids`).
-#[allow(clippy::too_many_arguments)]
-pub fn check_nodes<B: Backend>(
+/// What each node's output is replaced with under `ablation`, `[seq, width]` row-major:
+/// zeros, its mean over the prompt's positions (`activations` are the clean outputs), or its
+/// output on the corrupted prompt `corrupt` (same length as `ids`, needed for
+/// [`Ablation::Patch`]).
+pub fn replacements<B: Backend>(
     model: &Qwen2ForCausalLM<B>,
     ids: &[u32],
-    objective: Objective,
-    target_id: u32,
     nodes: &[Site],
     activations: &HashMap<Site, Vec<f32>>,
-    gradients: &HashMap<Site, Vec<f32>>,
     ablation: Ablation,
     corrupt: Option<&[u32]>,
-) -> Result<Vec<NodeCheck>, ModelError> {
+) -> Result<HashMap<Site, Vec<f32>>, ModelError> {
     let device = model.model.embed_tokens.weight.val().device();
     let seq = ids.len();
-    let position = objective.position_in(seq);
     let hidden = model.config.hidden_size;
-
-    // The replacement for each node, [1, seq, hidden] on the device and on the host.
     let patched = match (ablation, corrupt) {
         (Ablation::Patch, Some(c)) if c.len() == seq => {
             let mut record = Record {
                 sites: nodes.to_vec(),
                 seen: HashMap::new(),
             };
-            model.forward(ids_tensor(c, &device), &[position], &mut record);
+            model.forward(ids_tensor(c, &device), &[seq - 1], &mut record);
             Some(record.seen)
         }
         (Ablation::Patch, _) => {
@@ -265,9 +358,11 @@ pub fn check_nodes<B: Backend>(
         }
         _ => None,
     };
-    let mut replacements: Vec<(Site, Vec<f32>)> = Vec::with_capacity(nodes.len());
+    let mut out = HashMap::with_capacity(nodes.len());
     for &site in nodes {
-        let a = &activations[&site];
+        let a = activations
+            .get(&site)
+            .ok_or_else(|| ModelError::Source(format!("no activation recorded at {site}")))?;
         let values = match ablation {
             Ablation::Zero => vec![0.0; a.len()],
             Ablation::Mean => {
@@ -284,30 +379,46 @@ pub fn check_nodes<B: Backend>(
                 super::to_vec(patched.as_ref().expect("recorded above")[&site].clone())?
             }
         };
-        replacements.push((site, values));
+        out.insert(site, values);
     }
+    Ok(out)
+}
 
+/// Replaces each node in `nodes` in turn and measures the objective.
+///
+/// `activations` and `gradients` are each node's clean output and the objective's gradient
+/// there (ḡ under EAP-IG), `replaced` what each node is replaced with ([`replacements`]), all
+/// `[seq, width]` row-major.
+pub fn check_nodes<B: Backend>(
+    clean: &Clean<B>,
+    nodes: &[Site],
+    activations: &HashMap<Site, Vec<f32>>,
+    gradients: &HashMap<Site, Vec<f32>>,
+    replaced: &HashMap<Site, Vec<f32>>,
+) -> Result<Vec<NodeCheck>, ModelError> {
+    let layers = clean.model.config.num_hidden_layers;
+    let residuals = clean_residuals(layers, activations)?;
+    let missing = |site: Site| ModelError::Source(format!("no activation recorded at {site}"));
     let mut checks = Vec::with_capacity(nodes.len());
-    for chunk in replacements.chunks(rows_per_batch(seq) - 1) {
-        let rows = chunk.len() + 1;
-        let mut probe = Replace {
-            rows: chunk
-                .iter()
-                .enumerate()
-                .map(|(k, (site, values))| {
-                    let t = Tensor::<B, 3>::from_data(
-                        TensorData::new(values.clone(), [1, seq, hidden]),
-                        &device,
-                    );
-                    (*site, (k + 1, t))
-                })
-                .collect(),
-        };
-        let values = objective_rows(model, ids, rows, position, objective, target_id, &mut probe);
-        for (k, (site, values_new)) in chunk.iter().enumerate() {
-            let a = &activations[site];
-            let g = &gradients[site];
-            let predicted: f64 = values_new
+    for chunk in nodes.chunks(clean.per_pass()) {
+        let mut runs = Vec::with_capacity(chunk.len() + 1);
+        for site in chunk {
+            let r = replaced.get(site).ok_or_else(|| missing(*site))?;
+            // The run starts right after the node, from the stream it would have written.
+            let i = pathway_index(*site).ok_or_else(|| missing(*site))?;
+            let residual = match i {
+                0 => r.clone(),
+                _ => residuals[i - 1].iter().zip(r).map(|(x, r)| x + r).collect(),
+            };
+            runs.push((i, residual, None));
+        }
+        runs.push((2 * layers, residuals[2 * layers].clone(), None));
+        let values = clean.resumed(runs);
+        let base = values[chunk.len()];
+        for (k, site) in chunk.iter().enumerate() {
+            let a = activations.get(site).ok_or_else(|| missing(*site))?;
+            let g = gradients.get(site).ok_or_else(|| missing(*site))?;
+            let predicted: f64 = replaced[site]
                 .iter()
                 .zip(a)
                 .zip(g)
@@ -316,7 +427,7 @@ pub fn check_nodes<B: Backend>(
             checks.push(NodeCheck {
                 site: *site,
                 predicted,
-                actual: values[k + 1] - values[0],
+                actual: values[k] - base,
             });
         }
     }

@@ -239,11 +239,17 @@ fn header(
     }
     if let Some(v) = &a.verification {
         let differs = v.nodes.iter().filter(|c| c.sign_differs()).count();
-        let line = format!(
+        let mut line = format!(
             "dashed red outline: the {} ablation's actual effect has the opposite sign to the gradient's prediction ({differs} of {} nodes)",
             v.ablation,
             v.nodes.len()
         );
+        if let Some(f) = &v.faithfulness {
+            line += &format!(
+                "; this circuit's faithfulness {:.2} (every other edge {}-ablated)",
+                f.faithfulness, v.ablation
+            );
+        }
         y += 14.0;
         caption(s, y, &line, room);
     }

@@ -13,6 +13,17 @@ use serde::Deserialize;
 /// The CPU backend every test runs on.
 pub type TestBackend = burn::backend::NdArray<f32>;
 
+/// The fixture model `tests/fixtures/NAME` on an autodiff test backend.
+pub fn fixture_model(
+    name: &str,
+) -> attrib::model::Qwen2ForCausalLM<burn::backend::Autodiff<TestBackend>> {
+    use attrib::model::{load::SafetensorsSource, Qwen2Config, Qwen2ForCausalLM};
+    let folder = fixture(name);
+    let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
+    let source = SafetensorsSource::from_folder(&folder).unwrap();
+    Qwen2ForCausalLM::load(&config, &source, &Default::default()).unwrap()
+}
+
 /// `tests/fixtures/NAME`.
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -76,6 +76,7 @@ pub fn attribution(
         heads: vec![],
         lens: vec![],
         head_edges: vec![],
+        integrated_gradients: None,
         verification: None,
     }
 }
