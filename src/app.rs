@@ -100,6 +100,7 @@ pub fn attribute_command(
             verify_edges: args.verify_edges,
             verify_batch: args.verify_batch.map(|n| n as usize),
             circuit: Some(prune_options),
+            checkpoint: args.checkpoint,
             ig_steps: args.ig_steps.map(|m| m as usize),
         },
     };

@@ -139,8 +139,34 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         for (layer, block) in self.model.layers.iter().enumerate() {
             x = block.forward(x, &self.rope, &mask, layer, probe);
         }
-        let x = probe.at(Site::FinalIn, x);
+        self.head(x, positions, probe)
+    }
 
+    /// Decoder layer `layer` alone, with the probe at its sites: what [`forward`](Self::forward)
+    /// does to the residual stream there. For running the layers one at a time (gradient
+    /// checkpointing); it builds the causal mask on each call.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
+    pub fn layer(&self, layer: usize, x: Tensor<B, 3>, probe: &mut dyn Probe<B>) -> Tensor<B, 3> {
+        let seq = x.dims()[1];
+        let mask = causal_mask::<B>(seq, &x.device());
+        self.model.layers[layer].forward(x, &self.rope, &mask, layer, probe)
+    }
+
+    /// The end of [`forward`](Self::forward): the probe at `FinalIn`, then the final norm and
+    /// LM head at `positions`.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]` → `[batch, positions.len(), vocab]`
+    pub fn head(
+        &self,
+        x: Tensor<B, 3>,
+        positions: &[usize],
+        probe: &mut dyn Probe<B>,
+    ) -> Tensor<B, 3> {
+        let device = x.device();
+        let x = probe.at(Site::FinalIn, x);
         let index: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
         let index =
             Tensor::<B, 1, Int>::from_data(TensorData::new(index, [positions.len()]), &device);

@@ -29,22 +29,28 @@ pub fn running_sums(rows: &[&[f32]]) -> Vec<Vec<f32>> {
     sums
 }
 
-/// Rank, logit and top five of `target` in one row of logits.
+/// Rank, logit and top five of `target` in one row of logits, in one pass (ties: the lower id
+/// first).
 pub fn read(after: String, logits: &[f32], target: u32) -> LensEntry {
+    const K: usize = 5;
     let target_logit = logits[target as usize];
-    let target_rank = 1 + logits.iter().filter(|&&l| l > target_logit).count();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    let k = 5.min(order.len());
-    order.select_nth_unstable_by(k - 1, |&a, &b| {
-        logits[b].total_cmp(&logits[a]).then(a.cmp(&b))
-    });
-    let mut top: Vec<usize> = order[..k].to_vec();
-    top.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let mut target_rank = 1;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(K + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if l > target_logit {
+            target_rank += 1;
+        }
+        if top.len() < K || l > top[top.len() - 1].1 {
+            let at = top.iter().position(|&(_, t)| t < l).unwrap_or(top.len());
+            top.insert(at, (i as u32, l));
+            top.truncate(K);
+        }
+    }
     LensEntry {
         after,
         target_rank,
         target_logit,
-        top: top.into_iter().map(|i| (i as u32, logits[i])).collect(),
+        top,
     }
 }
 
@@ -62,5 +68,9 @@ mod tests {
             e.top.iter().map(|t| t.0).collect::<Vec<_>>(),
             [4, 1, 6, 2, 0]
         );
+        // Ties keep the lower id first; fewer than five tokens give them all.
+        let e = read("x".into(), &[1.0, 2.0, 2.0, 1.0], 3);
+        assert_eq!(e.target_rank, 3);
+        assert_eq!(e.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 0, 3]);
     }
 }
