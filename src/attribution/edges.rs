@@ -50,11 +50,10 @@ pub fn dot_per_position(activation: &[f32], grad: &[f32], seq: usize) -> Vec<f64
 /// last), then by source in pathway order.
 pub fn residual_edges<'a>(
     nodes: &[(Site, &'a [f32])],
-    input_grad: impl Fn(Site) -> &'a [f32],
+    input_grad: impl Fn(Site) -> &'a [f32] + Sync,
     seq: usize,
 ) -> Vec<EdgeScore> {
-    let mut edges = Vec::new();
-    let targets = nodes
+    let targets: Vec<(usize, String, Site)> = nodes
         .iter()
         .enumerate()
         .filter_map(|(i, (site, _))| input_site(*site).map(|input| (i, site.to_string(), input)))
@@ -62,20 +61,49 @@ pub fn residual_edges<'a>(
             nodes.len(),
             LOGITS.to_string(),
             Site::FinalIn,
-        )));
-    for (upstream, target, input) in targets {
-        let g = input_grad(input);
-        for (source, a) in &nodes[..upstream] {
-            let per_position = dot_per_position(a, g, seq);
-            edges.push(EdgeScore {
-                source: source.to_string(),
-                target: target.clone(),
-                score: per_position.iter().sum(),
-                per_position,
-            });
-        }
-    }
-    edges
+        )))
+        .collect();
+    let into = |(upstream, target, input): &(usize, String, Site)| -> Vec<EdgeScore> {
+        let g = input_grad(*input);
+        nodes[..*upstream]
+            .iter()
+            .map(|(source, a)| {
+                let per_position = dot_per_position(a, g, seq);
+                EdgeScore {
+                    source: source.to_string(),
+                    target: target.clone(),
+                    score: per_position.iter().sum(),
+                    per_position,
+                }
+            })
+            .collect()
+    };
+    // Targets dealt round-robin to one thread per core (later targets have more sources).
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(targets.len().max(1));
+    let mut by_target: Vec<(usize, Vec<EdgeScore>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (targets, into) = (&targets, &into);
+                scope.spawn(move || {
+                    targets
+                        .iter()
+                        .enumerate()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|(k, target)| (k, into(target)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("an edge worker panicked"))
+            .collect()
+    });
+    by_target.sort_by_key(|(k, _)| *k);
+    by_target.into_iter().flat_map(|(_, e)| e).collect()
 }
 
 #[cfg(test)]

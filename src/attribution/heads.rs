@@ -55,11 +55,22 @@ pub fn layer_heads<B: Backend>(
             .sum_dim(0)
             .reshape([heads]),
     )?;
-    // [heads, seq, head_dim] · [heads, head_dim, hidden] → each head's contribution.
-    let z = z.reshape([seq, heads, head_dim]).swap_dims(0, 1);
-    let contribution =
-        z.matmul(per_head(o_proj, heads, head_dim)) * grad_out.reshape([1, seq, hidden]);
-    let squares = to_vec(contribution.square().sum_dim(2).reshape([heads, seq]))?;
+    // Each head's contribution `z_h · W_o[:, h]ᵀ` as one 2-D product of column blocks (views,
+    // read in place), times the gradient, squared and summed over the hidden dims.
+    let z = z.reshape([seq, width]);
+    let grad_out = grad_out.reshape([seq, hidden]);
+    let per_position: Vec<Tensor<B, 2>> = (0..heads)
+        .map(|h| {
+            let columns = h * head_dim..(h + 1) * head_dim;
+            let z_h = z.clone().slice([0..seq, columns.clone()]);
+            let w_h = o_proj.clone().slice([0..hidden, columns]);
+            (z_h.matmul(w_h.transpose()) * grad_out.clone())
+                .square()
+                .sum_dim(1)
+                .reshape([1, seq])
+        })
+        .collect();
+    let squares = to_vec(Tensor::cat(per_position, 0))?;
     Ok((0..heads)
         .map(|h| {
             let row = &squares[h * seq..(h + 1) * seq];
