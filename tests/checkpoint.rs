@@ -88,3 +88,22 @@ fn layer_by_layer_equals_the_whole_graph() {
         }
     }
 }
+
+#[test]
+fn eap_ig_by_layers_equals_the_whole_graph() {
+    let model = fixture_model("tiny-untied");
+    let ids = [301u32, 314, 279, 440, 339, 352, 283];
+    let corrupt = vec![301u32, 314, 279, 442, 79, 380, 283];
+    let run = |checkpoint| {
+        let options = Options {
+            ig_steps: Some(4),
+            corrupt: Some(corrupt.clone()),
+            checkpoint: Some(checkpoint),
+            ..Options::default()
+        };
+        attribute_loaded_with(&model, &ids, Objective::default(), options, &mut |_| {}).unwrap()
+    };
+    let (whole, layered) = (run(false), run(true));
+    assert_eq!(whole.baseline_value, layered.baseline_value);
+    same(&layered, &whole);
+}

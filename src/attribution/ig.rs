@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 
 use burn::backend::Autodiff;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use super::{to_vec, Objective, Taps};
+use super::{pass, to_vec, Objective};
 use crate::model::{ModelError, Probe, Qwen2ForCausalLM, Site};
 use crate::predict::ids_tensor;
 
@@ -35,25 +35,6 @@ pub struct Integrated {
 /// points, few enough to keep the saved activations small.
 fn rows_per_batch(seq: usize) -> usize {
     (512 / seq.max(1)).clamp(1, 32)
-}
-
-/// Feeds given embeddings in place of the token embedding, then taps like [`Taps`].
-struct Interpolated<B: AutodiffBackend> {
-    embeds: Option<Tensor<B, 3>>,
-    taps: Taps<B>,
-}
-
-impl<B: AutodiffBackend> Probe<B> for Interpolated<B> {
-    fn at(&mut self, site: Site, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = match (site, self.embeds.take()) {
-            (Site::Embed, Some(embeds)) => embeds,
-            (_, embeds) => {
-                self.embeds = embeds;
-                x
-            }
-        };
-        self.taps.at(site, x)
-    }
 }
 
 /// Records every site's activation, optionally with the token embedding replaced by zeros.
@@ -78,7 +59,8 @@ impl<B: Backend> Probe<B> for Baseline<B> {
 ///
 /// `clean_embeddings` is the clean prompt's `Embed` activation and `clean_gradients` the plain
 /// attribution's gradients at every tapped site (the point k = M); the taps of the other points
-/// are those `tap` selects (every site when `None`).
+/// are those `tap` selects (every site when `None`), run layer by layer when `by_layers` (see
+/// [`pass`]).
 #[allow(clippy::too_many_arguments)]
 pub fn integrate<B: Backend>(
     model: &Qwen2ForCausalLM<Autodiff<B>>,
@@ -90,6 +72,7 @@ pub fn integrate<B: Backend>(
     clean_embeddings: &[f32],
     clean_gradients: &HashMap<Site, Vec<f32>>,
     tap: Option<fn(Site) -> bool>,
+    by_layers: bool,
 ) -> Result<Integrated, ModelError> {
     let device = model.model.embed_tokens.weight.val().device();
     let seq = ids.len();
@@ -138,37 +121,11 @@ pub fn integrate<B: Backend>(
             let alpha = k as f32 / steps as f32;
             embeds.extend(base.iter().zip(&difference).map(|(x0, d)| x0 + alpha * d));
         }
-        let embeds = Tensor::<Autodiff<B>, 3>::from_data(
-            TensorData::new(embeds, [rows, seq, hidden]),
-            &device,
-        );
-        let mut probe = Interpolated {
-            embeds: Some(embeds),
-            taps: match tap {
-                Some(keep) => Taps::only(keep),
-                None => Taps::default(),
-            },
-        };
-        let logits = model.forward(
-            ids_tensor(ids, &device).repeat_dim(0, rows),
-            &[position],
-            &mut probe,
-        );
-        let values: Vec<Tensor<Autodiff<B>, 1>> = (0..rows)
-            .map(|r| {
-                let row = logits
-                    .clone()
-                    .slice([r..r + 1, 0..1, 0..vocab])
-                    .reshape([vocab]);
-                objective.value(row, target_id)
-            })
-            .collect();
-        let grads = Tensor::cat(values, 0).sum().backward();
-        for t in &probe.taps.taps {
-            let Some(grad) = t.zero.grad(&grads) else {
-                continue;
-            };
-            let summed = to_vec(grad.sum_dim(0))?;
+        let embeds =
+            Tensor::<B, 3>::from_data(TensorData::new(embeds, [rows, seq, hidden]), &device);
+        let tapped = pass::embedded_rows(model, ids, embeds, objective, target_id, tap, by_layers)?;
+        for t in tapped {
+            let summed = to_vec(t.grad.sum_dim(0))?;
             let sum = sums.get_mut(&t.site).ok_or_else(|| {
                 ModelError::Source(format!("no clean gradient at {} to integrate", t.site))
             })?;

@@ -330,6 +330,7 @@ pub fn attribute_loaded_with<B: Backend>(
                 &activations[&Site::Embed],
                 &gradients,
                 tap,
+                checkpoint,
             )?;
             gradients = ig.mean_gradients;
             for t in &tapped {

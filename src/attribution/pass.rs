@@ -12,11 +12,11 @@
 use std::time::Instant;
 
 use burn::backend::Autodiff;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
 use super::{target, to_vec, Event, Objective, Taps};
-use crate::model::{ModelError, NoProbe, Qwen2ForCausalLM, Site};
+use crate::model::{ModelError, NoProbe, Probe, Qwen2ForCausalLM, Site};
 use crate::predict::ids_tensor;
 
 /// One tapped site after the backward pass.
@@ -118,7 +118,7 @@ pub fn whole<B: Backend>(
     let value = objective.value(logits.reshape([vocab]), target_id);
     let value_host = to_vec(value.clone().inner())?[0] as f64;
     let grads = value.backward();
-    B::sync(&device).map_err(|e| ModelError::Source(format!("backend failed: {e:?}")))?;
+    sync::<B>(&device)?;
     let backward_s = started.elapsed().as_secs_f64();
     on_event(Event::Backward {
         seconds: backward_s,
@@ -144,32 +144,23 @@ pub fn by_layers<B: Backend>(
 ) -> Result<Pass<B>, ModelError> {
     let device = model.model.embed_tokens.weight.val().device();
     let vocab = model.config.vocab_size;
-    let layers = model.config.num_hidden_layers;
     let position = objective.position_in(ids.len());
-    let sync =
-        || B::sync(&device).map_err(|e| ModelError::Source(format!("backend failed: {e:?}")));
 
-    // Forward without a graph, keeping the residual stream entering each layer.
     let started = Instant::now();
     let embedded = model
         .model
         .embed_tokens
         .forward(ids_tensor(ids, &device))
         .inner();
-    let mut inputs: Vec<Tensor<B, 3>> = Vec::with_capacity(layers + 1);
-    inputs.push(embedded);
-    for layer in 0..layers {
-        let x = Tensor::<Autodiff<B>, 3>::from_inner(inputs[layer].clone());
-        let out = model.layer(layer, x, &mut NoProbe).inner();
-        inputs.push(out);
-    }
+    let inputs = layer_inputs(model, embedded);
     // The head, differentiated from the final residual stream.
-    let last = Tensor::<Autodiff<B>, 3>::from_inner(inputs[layers].clone()).require_grad();
+    let last =
+        Tensor::<Autodiff<B>, 3>::from_inner(inputs[inputs.len() - 1].clone()).require_grad();
     let mut head_taps = taps::<B>(tap);
     let logits = model.head(last.clone(), &[position], &mut head_taps);
     let host = to_vec(logits.clone().inner())?;
     let (predicted_id, target_id) = tokens(&host, objective)?;
-    sync()?;
+    sync::<B>(&device)?;
     let forward_s = started.elapsed().as_secs_f64();
     on_event(Event::Forward {
         predicted_id,
@@ -180,28 +171,12 @@ pub fn by_layers<B: Backend>(
     let value = objective.value(logits.reshape([vocab]), target_id);
     let value_host = to_vec(value.clone().inner())?[0] as f64;
     let grads = value.backward();
-    let mut g_out = last
+    let g_last = last
         .grad(&grads)
-        .unwrap_or_else(|| inputs[layers].zeros_like());
-    let mut tapped_rev: Vec<Vec<Tapped<B>>> = vec![collect(head_taps, &grads)];
-    for layer in (0..layers).rev() {
-        let x = Tensor::<Autodiff<B>, 3>::from_inner(inputs[layer].clone()).require_grad();
-        let mut layer_taps = taps::<B>(tap);
-        let out = model.layer(layer, x.clone(), &mut layer_taps);
-        let grads = (out * Tensor::from_inner(g_out.clone())).sum().backward();
-        g_out = x.grad(&grads).unwrap_or_else(|| inputs[layer].zeros_like());
-        tapped_rev.push(collect(layer_taps, &grads));
-        // Free this layer's graph before the next is built.
-        drop(grads);
-    }
-    if tap.is_none_or(|keep| keep(Site::Embed)) {
-        tapped_rev.push(vec![Tapped {
-            site: Site::Embed,
-            activation: inputs[0].clone(),
-            grad: g_out,
-        }]);
-    }
-    sync()?;
+        .unwrap_or_else(|| last.inner().zeros_like());
+    let head = collect(head_taps, &grads);
+    let tapped = layers_backward(model, &inputs, g_last, head, tap);
+    sync::<B>(&device)?;
     let backward_s = started.elapsed().as_secs_f64();
     on_event(Event::Backward {
         seconds: backward_s,
@@ -211,8 +186,139 @@ pub fn by_layers<B: Backend>(
         predicted_id,
         target_id,
         value: value_host,
-        tapped: tapped_rev.into_iter().rev().flatten().collect(),
+        tapped,
         forward_s,
         backward_s,
     })
+}
+
+/// The gradients of `Σ_rows objective(row)` at every tapped site when `embeds`
+/// (`[rows, seq, hidden]`) replace the token embedding of `ids`: whole, or `by_layers`.
+/// Each site's gradient is `[rows, seq, width]`.
+#[allow(clippy::too_many_arguments)]
+pub fn embedded_rows<B: Backend>(
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
+    ids: &[u32],
+    embeds: Tensor<B, 3>,
+    objective: Objective,
+    target_id: u32,
+    tap: Option<fn(Site) -> bool>,
+    by_layers: bool,
+) -> Result<Vec<Tapped<B>>, ModelError> {
+    let device = model.model.embed_tokens.weight.val().device();
+    let rows = embeds.dims()[0];
+    let position = objective.position_in(ids.len());
+    if !by_layers {
+        let mut probe = Interpolated {
+            embeds: Some(Tensor::from_inner(embeds)),
+            taps: taps::<B>(tap),
+        };
+        let logits = model.forward(
+            ids_tensor(ids, &device).repeat_dim(0, rows),
+            &[position],
+            &mut probe,
+        );
+        let grads = rows_objective(logits, objective, target_id).backward();
+        return Ok(collect(probe.taps, &grads));
+    }
+    let inputs = layer_inputs(model, embeds);
+    let last =
+        Tensor::<Autodiff<B>, 3>::from_inner(inputs[inputs.len() - 1].clone()).require_grad();
+    let mut head_taps = taps::<B>(tap);
+    let logits = model.head(last.clone(), &[position], &mut head_taps);
+    let grads = rows_objective(logits, objective, target_id).backward();
+    let g_last = last
+        .grad(&grads)
+        .unwrap_or_else(|| last.inner().zeros_like());
+    let head = collect(head_taps, &grads);
+    Ok(layers_backward(model, &inputs, g_last, head, tap))
+}
+
+/// `Σ_rows objective(row)` of `[rows, 1, vocab]` logits.
+fn rows_objective<B: Backend>(
+    logits: Tensor<Autodiff<B>, 3>,
+    objective: Objective,
+    target_id: u32,
+) -> Tensor<Autodiff<B>, 1> {
+    let [rows, _, vocab] = logits.dims();
+    let values: Vec<Tensor<Autodiff<B>, 1>> = (0..rows)
+        .map(|r| {
+            let row = logits
+                .clone()
+                .slice([r..r + 1, 0..1, 0..vocab])
+                .reshape([vocab]);
+            objective.value(row, target_id)
+        })
+        .collect();
+    Tensor::cat(values, 0).sum()
+}
+
+/// Feeds given embeddings in place of the token embedding, then taps like [`Taps`].
+struct Interpolated<B: AutodiffBackend> {
+    embeds: Option<Tensor<B, 3>>,
+    taps: Taps<B>,
+}
+
+impl<B: AutodiffBackend> Probe<B> for Interpolated<B> {
+    fn at(&mut self, site: Site, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = match (site, self.embeds.take()) {
+            (Site::Embed, Some(embeds)) => embeds,
+            (_, embeds) => {
+                self.embeds = embeds;
+                x
+            }
+        };
+        self.taps.at(site, x)
+    }
+}
+
+/// The residual stream entering each layer and the final norm, `x_0 ..= x_L`, by a forward
+/// without a graph from `embedded` (`x_0`).
+fn layer_inputs<B: Backend>(
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
+    embedded: Tensor<B, 3>,
+) -> Vec<Tensor<B, 3>> {
+    let layers = model.config.num_hidden_layers;
+    let mut inputs: Vec<Tensor<B, 3>> = Vec::with_capacity(layers + 1);
+    inputs.push(embedded);
+    for layer in 0..layers {
+        let x = Tensor::<Autodiff<B>, 3>::from_inner(inputs[layer].clone());
+        inputs.push(model.layer(layer, x, &mut NoProbe).inner());
+    }
+    inputs
+}
+
+/// From the gradient at the final residual stream down: each layer recomputed from its input
+/// with the taps and differentiated against the gradient at its output. Returns every tapped
+/// site in forward order, `head` (the final norm's taps) last and the embeddings first.
+fn layers_backward<B: Backend>(
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
+    inputs: &[Tensor<B, 3>],
+    g_last: Tensor<B, 3>,
+    head: Vec<Tapped<B>>,
+    tap: Option<fn(Site) -> bool>,
+) -> Vec<Tapped<B>> {
+    let mut g_out = g_last;
+    let mut tapped_rev: Vec<Vec<Tapped<B>>> = vec![head];
+    for layer in (0..inputs.len() - 1).rev() {
+        let x = Tensor::<Autodiff<B>, 3>::from_inner(inputs[layer].clone()).require_grad();
+        let mut layer_taps = taps::<B>(tap);
+        let out = model.layer(layer, x.clone(), &mut layer_taps);
+        let grads = (out * Tensor::from_inner(g_out.clone())).sum().backward();
+        g_out = x.grad(&grads).unwrap_or_else(|| inputs[layer].zeros_like());
+        tapped_rev.push(collect(layer_taps, &grads));
+    }
+    if tap.is_none_or(|keep| keep(Site::Embed)) {
+        tapped_rev.push(vec![Tapped {
+            site: Site::Embed,
+            activation: inputs[0].clone(),
+            grad: g_out,
+        }]);
+    }
+    tapped_rev.into_iter().rev().flatten().collect()
+}
+
+/// Waits for the device's queued work, as an error if the backend failed.
+fn sync<B: Backend>(device: &B::Device) -> Result<(), ModelError> {
+    B::sync(device).map_err(|e| ModelError::Source(format!("backend failed: {e:?}")))
 }
