@@ -5,18 +5,14 @@
 mod common;
 
 use attrib::attribution::{attribute_loaded, is_node, Objective, Target};
-use attrib::model::load::SafetensorsSource;
-use attrib::model::{Qwen2Config, Qwen2ForCausalLM};
+use attrib::model::Qwen2ForCausalLM;
 use burn::backend::Autodiff;
-use common::{fixture, reference, RefNode, TestBackend};
+use common::{reference, RefNode, TestBackend};
 
 const RELATIVE: f64 = 1e-4;
 
 fn load(name: &str) -> Qwen2ForCausalLM<Autodiff<TestBackend>> {
-    let folder = fixture(name);
-    let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
-    let source = SafetensorsSource::from_folder(&folder).unwrap();
-    Qwen2ForCausalLM::load(&config, &source, &Default::default()).unwrap()
+    common::fixture_model(name)
 }
 
 /// |a - b| within `RELATIVE` of `scale` (the reference value, or a larger natural scale for

@@ -5,20 +5,16 @@
 mod common;
 
 use attrib::attribution::{attribute_loaded, Metric, Objective, Outcome, Target};
-use attrib::model::load::SafetensorsSource;
-use attrib::model::{NoProbe, Qwen2Config, Qwen2ForCausalLM};
+use attrib::model::{NoProbe, Qwen2ForCausalLM};
 use attrib::predict::{ids_tensor, top_k};
 use burn::backend::Autodiff;
 use common::edges::check_edges_and_heads;
-use common::{fixture, reference, TestBackend};
+use common::{reference, TestBackend};
 
 type Model = Qwen2ForCausalLM<Autodiff<TestBackend>>;
 
 fn load(name: &str) -> Model {
-    let folder = fixture(name);
-    let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
-    let source = SafetensorsSource::from_folder(&folder).unwrap();
-    Qwen2ForCausalLM::load(&config, &source, &Default::default()).unwrap()
+    common::fixture_model(name)
 }
 
 fn run(model: &Model, ids: &[u32], objective: Objective) -> Outcome {

@@ -4,11 +4,10 @@
 
 mod common;
 
-use attrib::model::load::SafetensorsSource;
-use attrib::model::{NoProbe, Qwen2Config, Qwen2ForCausalLM};
+use attrib::model::NoProbe;
 use attrib::predict::ids_tensor;
 use attrib::prompt::PromptTokenizer;
-use common::{fixture, reference, TestBackend};
+use common::{fixture, load_fixture, reference, TestBackend};
 
 /// Logits may differ from PyTorch's by float32 rounding in a different summation order.
 const TOLERANCE: f32 = 1e-4;
@@ -16,9 +15,7 @@ const TOLERANCE: f32 = 1e-4;
 fn check_fixture(name: &str) {
     let folder = fixture(name);
     let device = Default::default();
-    let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
-    let source = SafetensorsSource::from_folder(&folder).unwrap();
-    let model = Qwen2ForCausalLM::<TestBackend>::load(&config, &source, &device).unwrap();
+    let model = load_fixture::<TestBackend>(name);
     let tokenizer = PromptTokenizer::from_folder(&folder).unwrap();
     let reference = reference(name);
     assert!(
@@ -41,12 +38,12 @@ fn check_fixture(name: &str) {
         let positions: Vec<usize> = (0..seq).collect();
         let ids = ids_tensor::<TestBackend>(&encoded.ids, &device);
         let logits = model.forward(ids.clone(), &positions, &mut NoProbe);
-        assert_eq!(logits.dims(), [1, seq, config.vocab_size], "{label}");
+        assert_eq!(logits.dims(), [1, seq, model.config.vocab_size], "{label}");
         let logits = logits.into_data().to_vec::<f32>().unwrap();
         assert_eq!(case.logits.len(), seq, "{label}: reference rows");
         let mut worst = 0.0f32;
         for (pos, expected) in case.logits.iter().enumerate() {
-            let row = &logits[pos * config.vocab_size..(pos + 1) * config.vocab_size];
+            let row = &logits[pos * model.config.vocab_size..(pos + 1) * model.config.vocab_size];
             for (a, b) in row.iter().zip(expected) {
                 worst = worst.max((a - b).abs());
             }
@@ -58,7 +55,7 @@ fn check_fixture(name: &str) {
 
         // Asking for the last position alone gives the same row.
         let last = model.forward_last(ids).into_data().to_vec::<f32>().unwrap();
-        let full_last = &logits[(seq - 1) * config.vocab_size..];
+        let full_last = &logits[(seq - 1) * model.config.vocab_size..];
         for (a, b) in last.iter().zip(full_last) {
             assert!((a - b).abs() <= 1e-5, "{label}: last-only {a} vs {b}");
         }
@@ -77,15 +74,12 @@ fn tiny_untied_equals_transformers() {
 
 #[test]
 fn selected_positions_come_back_in_the_order_asked() {
-    let folder = fixture("tiny-tied");
     let device = Default::default();
-    let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
-    let source = SafetensorsSource::from_folder(&folder).unwrap();
-    let model = Qwen2ForCausalLM::<TestBackend>::load(&config, &source, &device).unwrap();
+    let model = load_fixture::<TestBackend>("tiny-tied");
     let case = &reference("tiny-tied").cases[2];
     let ids = ids_tensor::<TestBackend>(&case.input_ids, &device);
     let logits = model.forward(ids, &[4, 0], &mut NoProbe);
-    let v = config.vocab_size;
+    let v = model.config.vocab_size;
     let got = logits.into_data().to_vec::<f32>().unwrap();
     for (row, pos) in [4usize, 0].iter().enumerate() {
         for (a, b) in got[row * v..(row + 1) * v].iter().zip(&case.logits[*pos]) {

@@ -1,12 +1,10 @@
 //! The edge and head check shared by the f32 and f64 test binaries.
 
 use attrib::attribution::{attribute_loaded, Objective};
-use attrib::model::load::SafetensorsSource;
-use attrib::model::{Qwen2Config, Qwen2ForCausalLM};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 
-use super::{fixture, reference};
+use super::reference;
 
 /// Edges and head effects are signed sums over positions and dims that cancel: a tiny edge is
 /// the difference of large terms, and float32 rounding (in PyTorch and here, in different
@@ -19,11 +17,7 @@ fn close(got: f64, want: f64, peers: f64, tolerance: f64) -> bool {
 }
 
 pub fn check_edges_and_heads<B: Backend>(name: &str, tolerance: f64) {
-    let folder = fixture(name);
-    let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
-    let source = SafetensorsSource::from_folder(&folder).unwrap();
-    let model =
-        Qwen2ForCausalLM::<Autodiff<B>>::load(&config, &source, &Default::default()).unwrap();
+    let model = super::load_fixture::<Autodiff<B>>(name);
     for case in &reference(name).cases {
         let out =
             attribute_loaded(&model, &case.input_ids, Objective::default(), &mut |_| {}).unwrap();

@@ -13,15 +13,22 @@ use serde::Deserialize;
 /// The CPU backend every test runs on.
 pub type TestBackend = burn::backend::NdArray<f32>;
 
-/// The fixture model `tests/fixtures/NAME` on an autodiff test backend.
-pub fn fixture_model(
+/// The fixture model `tests/fixtures/NAME` on backend `B`.
+pub fn load_fixture<B: burn::tensor::backend::Backend>(
     name: &str,
-) -> attrib::model::Qwen2ForCausalLM<burn::backend::Autodiff<TestBackend>> {
+) -> attrib::model::Qwen2ForCausalLM<B> {
     use attrib::model::{load::SafetensorsSource, Qwen2Config, Qwen2ForCausalLM};
     let folder = fixture(name);
     let config = Qwen2Config::from_file(&folder.join("config.json")).unwrap();
     let source = SafetensorsSource::from_folder(&folder).unwrap();
     Qwen2ForCausalLM::load(&config, &source, &Default::default()).unwrap()
+}
+
+/// The fixture model `tests/fixtures/NAME` on the autodiff test backend.
+pub fn fixture_model(
+    name: &str,
+) -> attrib::model::Qwen2ForCausalLM<burn::backend::Autodiff<TestBackend>> {
+    load_fixture(name)
 }
 
 /// `tests/fixtures/NAME`.
