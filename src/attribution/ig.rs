@@ -15,8 +15,9 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use super::verify::Record;
 use super::{pass, to_vec, Objective};
-use crate::model::{ModelError, Probe, Qwen2ForCausalLM, Site};
+use crate::model::{ModelError, Qwen2ForCausalLM, Site};
 use crate::predict::ids_tensor;
 
 /// What the interpolation gives the scores.
@@ -35,24 +36,6 @@ pub struct Integrated {
 /// points, few enough to keep the saved activations small.
 fn rows_per_batch(seq: usize) -> usize {
     (512 / seq.max(1)).clamp(1, 32)
-}
-
-/// Records every site's activation, optionally with the token embedding replaced by zeros.
-struct Baseline<B: Backend> {
-    zero_embeddings: bool,
-    seen: HashMap<Site, Tensor<B, 3>>,
-}
-
-impl<B: Backend> Probe<B> for Baseline<B> {
-    fn at(&mut self, site: Site, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = if site == Site::Embed && self.zero_embeddings {
-            x.zeros_like()
-        } else {
-            x
-        };
-        self.seen.insert(site, x.clone());
-        x
-    }
 }
 
 /// The baseline run and the M − 1 interpolation points below the clean input.
@@ -89,7 +72,8 @@ pub fn integrate<B: Backend>(
     }
 
     // The baseline: the corrupted prompt, or zero embeddings.
-    let mut probe = Baseline {
+    let mut probe = Record {
+        keep: |_| true,
         zero_embeddings: corrupt.is_none(),
         seen: HashMap::new(),
     };

@@ -284,11 +284,7 @@ pub fn attribute_loaded_with<B: Backend>(
         None
     };
     let checkpoint = options.checkpoint.unwrap_or(seq > CHECKPOINT_ABOVE);
-    let pass = if checkpoint {
-        pass::by_layers(model, ids, objective, tap, on_event)?
-    } else {
-        pass::whole(model, ids, objective, tap, on_event)?
-    };
+    let pass = pass::attribute(model, ids, objective, tap, checkpoint, on_event)?;
     let Pass {
         logits: host,
         predicted_id,

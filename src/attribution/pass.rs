@@ -74,7 +74,7 @@ fn tokens(logits: &[f32], objective: Objective) -> Result<(u32, u32), ModelError
 /// depend on a site).
 fn collect<B: Backend>(
     taps: Taps<Autodiff<B>>,
-    grads: &<Autodiff<B> as burn::tensor::backend::AutodiffBackend>::Gradients,
+    grads: &<Autodiff<B> as AutodiffBackend>::Gradients,
 ) -> Vec<Tapped<B>> {
     taps.taps
         .into_iter()
@@ -92,72 +92,20 @@ fn collect<B: Backend>(
         .collect()
 }
 
-/// One forward over the whole model with the taps, one backward of the objective.
-pub fn whole<B: Backend>(
+/// One forward and one backward of the objective: over the whole model, or `by_layers` (see
+/// the module docs).
+pub fn attribute<B: Backend>(
     model: &Qwen2ForCausalLM<Autodiff<B>>,
     ids: &[u32],
     objective: Objective,
     tap: Option<fn(Site) -> bool>,
+    by_layers: bool,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Pass<B>, ModelError> {
     let device = model.model.embed_tokens.weight.val().device();
     let vocab = model.config.vocab_size;
-    let position = objective.position_in(ids.len());
     let started = Instant::now();
-    let mut taps = taps::<B>(tap);
-    let logits = model.forward(ids_tensor(ids, &device), &[position], &mut taps);
-    let host = to_vec(logits.clone().inner())?;
-    let (predicted_id, target_id) = tokens(&host, objective)?;
-    let forward_s = started.elapsed().as_secs_f64();
-    on_event(Event::Forward {
-        predicted_id,
-        seconds: forward_s,
-    });
-
-    let started = Instant::now();
-    let value = objective.value(logits.reshape([vocab]), target_id);
-    let value_host = to_vec(value.clone().inner())?[0] as f64;
-    let grads = value.backward();
-    sync::<B>(&device)?;
-    let backward_s = started.elapsed().as_secs_f64();
-    on_event(Event::Backward {
-        seconds: backward_s,
-    });
-    Ok(Pass {
-        logits: host,
-        predicted_id,
-        target_id,
-        value: value_host,
-        tapped: collect(taps, &grads),
-        forward_s,
-        backward_s,
-    })
-}
-
-/// The same as [`whole`] with one layer's autodiff graph alive at a time (see the module docs).
-pub fn by_layers<B: Backend>(
-    model: &Qwen2ForCausalLM<Autodiff<B>>,
-    ids: &[u32],
-    objective: Objective,
-    tap: Option<fn(Site) -> bool>,
-    on_event: &mut dyn FnMut(Event),
-) -> Result<Pass<B>, ModelError> {
-    let device = model.model.embed_tokens.weight.val().device();
-    let vocab = model.config.vocab_size;
-    let position = objective.position_in(ids.len());
-
-    let started = Instant::now();
-    let embedded = model
-        .model
-        .embed_tokens
-        .forward(ids_tensor(ids, &device))
-        .inner();
-    let inputs = layer_inputs(model, embedded);
-    // The head, differentiated from the final residual stream.
-    let last =
-        Tensor::<Autodiff<B>, 3>::from_inner(inputs[inputs.len() - 1].clone()).require_grad();
-    let mut head_taps = taps::<B>(tap);
-    let logits = model.head(last.clone(), &[position], &mut head_taps);
+    let (forward, logits) = Forward::run(model, ids, None, objective, tap, by_layers);
     let host = to_vec(logits.clone().inner())?;
     let (predicted_id, target_id) = tokens(&host, objective)?;
     sync::<B>(&device)?;
@@ -171,11 +119,7 @@ pub fn by_layers<B: Backend>(
     let value = objective.value(logits.reshape([vocab]), target_id);
     let value_host = to_vec(value.clone().inner())?[0] as f64;
     let grads = value.backward();
-    let g_last = last
-        .grad(&grads)
-        .unwrap_or_else(|| last.inner().zeros_like());
-    let head = collect(head_taps, &grads);
-    let tapped = layers_backward(model, &inputs, g_last, head, tap);
+    let tapped = forward.tapped(model, &grads, tap);
     sync::<B>(&device)?;
     let backward_s = started.elapsed().as_secs_f64();
     on_event(Event::Backward {
@@ -205,33 +149,84 @@ pub fn embedded_rows<B: Backend>(
     tap: Option<fn(Site) -> bool>,
     by_layers: bool,
 ) -> Result<Vec<Tapped<B>>, ModelError> {
-    let device = model.model.embed_tokens.weight.val().device();
-    let rows = embeds.dims()[0];
-    let position = objective.position_in(ids.len());
-    if !by_layers {
-        let mut probe = Interpolated {
-            embeds: Some(Tensor::from_inner(embeds)),
-            taps: taps::<B>(tap),
-        };
-        let logits = model.forward(
-            ids_tensor(ids, &device).repeat_dim(0, rows),
-            &[position],
-            &mut probe,
-        );
-        let grads = rows_objective(logits, objective, target_id).backward();
-        return Ok(collect(probe.taps, &grads));
-    }
-    let inputs = layer_inputs(model, embeds);
-    let last =
-        Tensor::<Autodiff<B>, 3>::from_inner(inputs[inputs.len() - 1].clone()).require_grad();
-    let mut head_taps = taps::<B>(tap);
-    let logits = model.head(last.clone(), &[position], &mut head_taps);
+    let (forward, logits) = Forward::run(model, ids, Some(embeds), objective, tap, by_layers);
     let grads = rows_objective(logits, objective, target_id).backward();
-    let g_last = last
-        .grad(&grads)
-        .unwrap_or_else(|| last.inner().zeros_like());
-    let head = collect(head_taps, &grads);
-    Ok(layers_backward(model, &inputs, g_last, head, tap))
+    Ok(forward.tapped(model, &grads, tap))
+}
+
+/// A forward pass whose backward gives every tap's gradient.
+enum Forward<B: Backend> {
+    /// One graph over the whole model, with the taps in it.
+    Whole(Taps<Autodiff<B>>),
+    /// The head's graph from the final residual stream (`last`, a leaf); each layer is
+    /// recomputed from its saved input in [`Forward::tapped`].
+    ByLayers {
+        inputs: Vec<Tensor<B, 3>>,
+        last: Tensor<Autodiff<B>, 3>,
+        head: Taps<Autodiff<B>>,
+    },
+}
+
+impl<B: Backend> Forward<B> {
+    /// Runs the model on `ids`, or with `embeds` (`[rows, seq, hidden]`) in place of their
+    /// token embedding, to the logits at the objective's position.
+    fn run(
+        model: &Qwen2ForCausalLM<Autodiff<B>>,
+        ids: &[u32],
+        embeds: Option<Tensor<B, 3>>,
+        objective: Objective,
+        tap: Option<fn(Site) -> bool>,
+        by_layers: bool,
+    ) -> (Self, Tensor<Autodiff<B>, 3>) {
+        let device = model.model.embed_tokens.weight.val().device();
+        let position = objective.position_in(ids.len());
+        if !by_layers {
+            let rows = embeds.as_ref().map_or(1, |e| e.dims()[0]);
+            let mut probe = Interpolated {
+                embeds: embeds.map(Tensor::from_inner),
+                taps: taps::<B>(tap),
+            };
+            let logits = model.forward(
+                ids_tensor(ids, &device).repeat_dim(0, rows),
+                &[position],
+                &mut probe,
+            );
+            return (Forward::Whole(probe.taps), logits);
+        }
+        let embedded = embeds.unwrap_or_else(|| {
+            model
+                .model
+                .embed_tokens
+                .forward(ids_tensor(ids, &device))
+                .inner()
+        });
+        let inputs = layer_inputs(model, embedded);
+        let last =
+            Tensor::<Autodiff<B>, 3>::from_inner(inputs[inputs.len() - 1].clone()).require_grad();
+        let mut head = taps::<B>(tap);
+        let logits = model.head(last.clone(), &[position], &mut head);
+        (Forward::ByLayers { inputs, last, head }, logits)
+    }
+
+    /// Every tapped site with its gradient, in forward order, from the backward of the
+    /// objective computed on this pass's logits.
+    fn tapped(
+        self,
+        model: &Qwen2ForCausalLM<Autodiff<B>>,
+        grads: &<Autodiff<B> as AutodiffBackend>::Gradients,
+        tap: Option<fn(Site) -> bool>,
+    ) -> Vec<Tapped<B>> {
+        match self {
+            Forward::Whole(taps) => collect(taps, grads),
+            Forward::ByLayers { inputs, last, head } => {
+                let g_last = last
+                    .grad(grads)
+                    .unwrap_or_else(|| last.inner().zeros_like());
+                let head = collect(head, grads);
+                layers_backward(model, &inputs, g_last, head, tap)
+            }
+        }
+    }
 }
 
 /// `Σ_rows objective(row)` of `[rows, 1, vocab]` logits.
@@ -253,7 +248,7 @@ fn rows_objective<B: Backend>(
     Tensor::cat(values, 0).sum()
 }
 
-/// Feeds given embeddings in place of the token embedding, then taps like [`Taps`].
+/// Feeds given embeddings (if any) in place of the token embedding, then taps like [`Taps`].
 struct Interpolated<B: AutodiffBackend> {
     embeds: Option<Tensor<B, 3>>,
     taps: Taps<B>,

@@ -153,6 +153,20 @@ impl<B: Backend> Clean<'_, B> {
         out
     }
 
+    /// The objective's change in each run against the clean run, which joins them at the final
+    /// norm (`residuals` as [`clean_residuals`] gives them).
+    fn changes(
+        &self,
+        mut runs: Vec<(usize, Vec<f32>, Option<Vec<f32>>)>,
+        residuals: &[Vec<f32>],
+    ) -> Vec<f64> {
+        let last = residuals.len() - 1;
+        runs.push((last, residuals[last].clone(), None));
+        let mut values = self.resumed(runs);
+        let base = values.pop().expect("the clean run");
+        values.iter().map(|v| v - base).collect()
+    }
+
     /// The objective in each of `rows` copies of the prompt run with `probe`.
     pub(super) fn rows(&self, rows: usize, probe: &mut dyn Probe<B>) -> Vec<f64> {
         let position = self.objective.position_in(self.ids.len());
@@ -209,28 +223,26 @@ pub fn check_edges<B: Backend>(
             let a = activations.get(&u).ok_or_else(|| missing(u))?;
             let r = replaced.get(&u).ok_or_else(|| missing(u))?;
             let g = gradients.get(&v).ok_or_else(|| missing(v))?;
-            let delta: Vec<f32> = a.iter().zip(r).map(|(a, r)| a - r).collect();
-            predicted.push(
-                delta
-                    .iter()
-                    .zip(g)
-                    .map(|(d, g)| -(*d as f64) * *g as f64)
-                    .sum::<f64>(),
-            );
+            predicted.push(first_order(r, a, g));
             let s = input_sublayer(v, layers).ok_or_else(|| missing(v))?;
             let x = &residuals[s];
-            let branch = x.iter().zip(&delta).map(|(x, d)| x - d).collect();
+            // x − (a − r), in the order the branch would see it.
+            let branch = x
+                .iter()
+                .zip(a.iter().zip(r))
+                .map(|(x, (a, r))| x - (a - r))
+                .collect();
             runs.push((s, x.clone(), Some(branch)));
         }
-        runs.push((2 * layers, residuals[2 * layers].clone(), None));
-        let values = clean.resumed(runs);
-        let base = values[chunk.len()];
-        for (k, (source, target)) in chunk.iter().enumerate() {
+        let actual = clean.changes(runs, &residuals);
+        for ((source, target), (predicted, actual)) in
+            chunk.iter().zip(predicted.into_iter().zip(actual))
+        {
             checks.push(EdgeCheck {
                 source: source.clone(),
                 target: target.clone(),
-                predicted: predicted[k],
-                actual: values[k] - base,
+                predicted,
+                actual,
             });
         }
     }
@@ -268,6 +280,15 @@ fn row_values<B: Backend>(logits: Tensor<B, 3>, objective: Objective, target_id:
             objective.value(row, target_id).into_scalar().elem::<f64>()
         })
         .collect()
+}
+
+/// `Σ (r − a) ⊙ g` in f64: the first-order change of the objective when `a` becomes `r`.
+fn first_order(r: &[f32], a: &[f32], g: &[f32]) -> f64 {
+    r.iter()
+        .zip(a)
+        .zip(g)
+        .map(|((r, a), g)| (*r as f64 - *a as f64) * *g as f64)
+        .sum()
 }
 
 /// Where a node's output joins the residual stream: its index in pathway order (`Embed` 0,
@@ -312,15 +333,25 @@ fn clean_residuals(
     Ok(out)
 }
 
-/// Records the outputs at the node sites (for patching).
-struct Record<B: Backend> {
-    sites: Vec<Site>,
-    seen: HashMap<Site, Tensor<B, 3>>,
+/// Records the activation at every site `keep` accepts, optionally with the token embedding
+/// replaced by zeros (EAP-IG's zero baseline).
+pub(super) struct Record<B: Backend> {
+    /// Which sites to record.
+    pub keep: fn(Site) -> bool,
+    /// Whether the token embedding is replaced by zeros.
+    pub zero_embeddings: bool,
+    /// What was recorded.
+    pub seen: HashMap<Site, Tensor<B, 3>>,
 }
 
 impl<B: Backend> Probe<B> for Record<B> {
     fn at(&mut self, site: Site, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if self.sites.contains(&site) {
+        let x = if site == Site::Embed && self.zero_embeddings {
+            x.zeros_like()
+        } else {
+            x
+        };
+        if (self.keep)(site) {
             self.seen.insert(site, x.clone());
         }
         x
@@ -345,7 +376,8 @@ pub fn replacements<B: Backend>(
     let patched = match (ablation, corrupt) {
         (Ablation::Patch, Some(c)) if c.len() == seq => {
             let mut record = Record {
-                sites: nodes.to_vec(),
+                keep: super::is_node,
+                zero_embeddings: false,
                 seen: HashMap::new(),
             };
             model.forward(ids_tensor(c, &device), &[seq - 1], &mut record);
@@ -412,22 +444,14 @@ pub fn check_nodes<B: Backend>(
             };
             runs.push((i, residual, None));
         }
-        runs.push((2 * layers, residuals[2 * layers].clone(), None));
-        let values = clean.resumed(runs);
-        let base = values[chunk.len()];
-        for (k, site) in chunk.iter().enumerate() {
+        let actual = clean.changes(runs, &residuals);
+        for (site, actual) in chunk.iter().zip(actual) {
             let a = activations.get(site).ok_or_else(|| missing(*site))?;
             let g = gradients.get(site).ok_or_else(|| missing(*site))?;
-            let predicted: f64 = replaced[site]
-                .iter()
-                .zip(a)
-                .zip(g)
-                .map(|((n, a), g)| (*n as f64 - *a as f64) * *g as f64)
-                .sum();
             checks.push(NodeCheck {
                 site: *site,
-                predicted,
-                actual: values[k] - base,
+                predicted: first_order(&replaced[site], a, g),
+                actual,
             });
         }
     }
