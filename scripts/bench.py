@@ -113,6 +113,22 @@ def attrib_run(binary, model, prompt, backend, threads):
             "tokens": len(r["input_ids"])}
 
 
+def warm_page_cache(model):
+    """Reads the model's weight files through, so that every measurement starts with them in
+    the page cache: a run that maps the weights (attrib on flex) would otherwise pay for any
+    pages that an earlier, larger process pushed out, and one that copies them (PyTorch) would
+    pay it in its load time."""
+    if os.path.isdir(model):
+        paths = [os.path.join(model, f) for f in sorted(os.listdir(model))
+                 if f.endswith(".safetensors")]
+    else:
+        paths = [model]
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while f.read(64 << 20):
+                pass
+
+
 def model_size(model):
     """(FLOPs of forward + backward at T tokens as a function, weight bytes read per pass)."""
     if model.endswith(".gguf"):
@@ -180,6 +196,7 @@ def main():
                 f.write(prompts[n])
 
         def measure(system, n):
+            warm_page_cache(model)
             if system == "pytorch":
                 r = torch_run(model, os.path.join(tmp, f"{n}.txt"), args.threads)
             else:

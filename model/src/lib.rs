@@ -9,6 +9,7 @@ pub mod attention;
 pub mod block;
 pub mod config;
 pub mod error;
+pub mod few_rows;
 pub mod linear;
 pub mod load;
 pub mod mlp;

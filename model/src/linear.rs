@@ -8,7 +8,8 @@ use burn::tensor::{backend::Backend, Tensor};
 /// The weight is read straight from the checkpoint (no transposed copy at load time), and the
 /// product is taken as one 2-D matmul over all rows of `x` with `Wᵀ` as a transposed view:
 /// backends with strided matmul kernels then never copy the weight, neither here nor for the
-/// input gradient `g · W` in the backward pass.
+/// input gradient `g · W` in the backward pass. Few rows (short prompts) go through
+/// [`few_rows`](crate::few_rows), which reads each weight once where the backend allows it.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[d_out, d_in]`.
@@ -24,7 +25,7 @@ impl<B: Backend> Linear<B> {
         let [batch, seq, d_in] = x.dims();
         let weight = self.weight.val();
         let d_out = weight.dims()[0];
-        let y = x.reshape([batch * seq, d_in]).matmul(weight.transpose());
+        let y = crate::few_rows::x_wt(x.reshape([batch * seq, d_in]), weight);
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
             None => y,

@@ -190,8 +190,12 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
                 let [batch, seq, hidden] = normed.dims();
                 let table = self.model.embed_tokens.weight.val();
                 let vocab = table.dims()[0];
-                let rows = normed.reshape([batch * seq, hidden]).transpose();
-                table.matmul(rows).transpose().reshape([batch, seq, vocab])
+                let rows = normed.reshape([batch * seq, hidden]);
+                let logits = match crate::few_rows::try_x_wt(rows, table) {
+                    Ok(logits) => logits,
+                    Err((rows, table)) => table.matmul(rows.transpose()).transpose(),
+                };
+                logits.reshape([batch, seq, vocab])
             }
         }
     }

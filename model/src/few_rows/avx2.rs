@@ -1,0 +1,201 @@
+//! AVX2 + FMA kernels for `x · Wᵀ` and `g · W` when `x` and `g` have few rows.
+//!
+//! Both stream each row of `W` (`[n, k]`, PyTorch's layout, contiguous) from memory once and
+//! keep the few rows of `x`, `g` and the output in cache: no packed copy of `W` is made.
+//! Register tiles are fixed at compile time (const generics) so the accumulators stay in the
+//! sixteen `ymm` registers.
+//!
+//! Every function here is `unsafe`: callers check that the CPU has AVX2 and FMA
+//! ([`available`]) and that every pointer covers the rows and columns it is given.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+/// Whether this CPU runs the kernels (checked once by the standard library, then cached).
+pub fn available() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// The sum of a vector's eight lanes.
+#[inline(always)]
+unsafe fn lane_sum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_hadd_ps(s, s);
+    _mm_cvtss_f32(_mm_hadd_ps(s, s))
+}
+
+/// `w[c·k + p .. c·k + p + 8]` for `c < NR`: eight columns of `NR` weight rows.
+#[inline(always)]
+unsafe fn load_rows<const NR: usize>(w: *const f32, k: usize, p: usize) -> [__m256; NR] {
+    let mut rows = [_mm256_setzero_ps(); NR];
+    for c in 0..NR {
+        rows[c] = _mm256_loadu_ps(w.add(c * k + p));
+    }
+    rows
+}
+
+/// `y[a·ys + c] = Σ_p x[a·k + p] · w[c·k + p]` for `a < MR`, `c < NR`.
+#[inline(always)]
+unsafe fn dot_tile<const MR: usize, const NR: usize>(
+    x: *const f32,
+    w: *const f32,
+    k: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    let k8 = k / 8 * 8;
+    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    let mut p = 0;
+    while p < k8 {
+        let wv = load_rows::<NR>(w, k, p);
+        for a in 0..MR {
+            let xv = _mm256_loadu_ps(x.add(a * k + p));
+            for c in 0..NR {
+                acc[a][c] = _mm256_fmadd_ps(xv, wv[c], acc[a][c]);
+            }
+        }
+        p += 8;
+    }
+    for a in 0..MR {
+        for c in 0..NR {
+            let mut s = lane_sum(acc[a][c]);
+            for q in k8..k {
+                s += *x.add(a * k + q) * *w.add(c * k + q);
+            }
+            *y.add(a * ys + c) = s;
+        }
+    }
+}
+
+/// [`dot_tile`] over all `m` rows of `x` for `NR` rows of `w`, three rows of `x` at a time.
+#[inline(always)]
+unsafe fn dot_rows<const NR: usize>(
+    x: *const f32,
+    m: usize,
+    w: *const f32,
+    k: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    let mut a = 0;
+    while a < m {
+        match m - a {
+            1 => dot_tile::<1, NR>(x.add(a * k), w, k, y.add(a * ys), ys),
+            2 => dot_tile::<2, NR>(x.add(a * k), w, k, y.add(a * ys), ys),
+            _ => dot_tile::<3, NR>(x.add(a * k), w, k, y.add(a * ys), ys),
+        }
+        a += (m - a).min(3);
+    }
+}
+
+/// `y[a·ys + c] = Σ_p x[a·k + p] · w[c·k + p]` for `a < m`, `c < n`: a block of `x · Wᵀ`.
+///
+/// # Safety
+/// AVX2 and FMA are present; `x` holds `m·k`, `w` holds `n·k` floats, and `y` is writable at
+/// `a·ys + c` for every `a < m`, `c < n`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn x_wt(
+    x: *const f32,
+    m: usize,
+    w: *const f32,
+    n: usize,
+    k: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    let mut c = 0;
+    while c < n {
+        match n - c {
+            1 => dot_rows::<1>(x, m, w.add(c * k), k, y.add(c), ys),
+            2 => dot_rows::<2>(x, m, w.add(c * k), k, y.add(c), ys),
+            _ => dot_rows::<3>(x, m, w.add(c * k), k, y.add(c), ys),
+        }
+        c += (n - c).min(3);
+    }
+}
+
+/// `gx[a·k + p] += Σ_c g[a·gs + c] · w[c·k + p]` for `a < MR`, `c < NR`.
+#[inline(always)]
+unsafe fn axpy_tile<const MR: usize, const NR: usize>(
+    g: *const f32,
+    gs: usize,
+    w: *const f32,
+    k: usize,
+    gx: *mut f32,
+) {
+    let k8 = k / 8 * 8;
+    let mut coef = [[_mm256_setzero_ps(); NR]; MR];
+    for a in 0..MR {
+        for c in 0..NR {
+            coef[a][c] = _mm256_set1_ps(*g.add(a * gs + c));
+        }
+    }
+    let mut p = 0;
+    while p < k8 {
+        let wv = load_rows::<NR>(w, k, p);
+        for a in 0..MR {
+            let out = gx.add(a * k + p);
+            let mut acc = _mm256_loadu_ps(out);
+            for c in 0..NR {
+                acc = _mm256_fmadd_ps(coef[a][c], wv[c], acc);
+            }
+            _mm256_storeu_ps(out, acc);
+        }
+        p += 8;
+    }
+    for q in k8..k {
+        for a in 0..MR {
+            for c in 0..NR {
+                *gx.add(a * k + q) += *g.add(a * gs + c) * *w.add(c * k + q);
+            }
+        }
+    }
+}
+
+/// [`axpy_tile`] over all `m` rows of `g` for `NR` rows of `w`, two rows of `g` at a time.
+#[inline(always)]
+unsafe fn axpy_rows<const NR: usize>(
+    g: *const f32,
+    gs: usize,
+    m: usize,
+    w: *const f32,
+    k: usize,
+    gx: *mut f32,
+) {
+    let mut a = 0;
+    while a < m {
+        match m - a {
+            1 => axpy_tile::<1, NR>(g.add(a * gs), gs, w, k, gx.add(a * k)),
+            _ => axpy_tile::<2, NR>(g.add(a * gs), gs, w, k, gx.add(a * k)),
+        }
+        a += (m - a).min(2);
+    }
+}
+
+/// `gx[a·k + p] += Σ_c g[a·gs + c] · w[c·k + p]` for `a < m`, `c < n`: `g · W` over a block
+/// of `W`'s rows, accumulated.
+///
+/// # Safety
+/// AVX2 and FMA are present; `g` is readable at `a·gs + c` for every `a < m`, `c < n`; `w`
+/// holds `n·k` floats and `gx` holds `m·k`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn g_w(
+    g: *const f32,
+    gs: usize,
+    m: usize,
+    w: *const f32,
+    n: usize,
+    k: usize,
+    gx: *mut f32,
+) {
+    let mut c = 0;
+    while c < n {
+        match n - c {
+            1 => axpy_rows::<1>(g.add(c), gs, m, w.add(c * k), k, gx),
+            2 => axpy_rows::<2>(g.add(c), gs, m, w.add(c * k), k, gx),
+            3 => axpy_rows::<3>(g.add(c), gs, m, w.add(c * k), k, gx),
+            _ => axpy_rows::<4>(g.add(c), gs, m, w.add(c * k), k, gx),
+        }
+        c += (n - c).min(4);
+    }
+}

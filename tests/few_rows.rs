@@ -1,0 +1,154 @@
+//! The few-row matmul kernels (`qwen2_burn::few_rows`) against products taken in f64 on the
+//! host: the forward `x · Wᵀ` on flex, and its input gradient `g · W` under autodiff, over
+//! shapes that exercise every register tile and the tails of `k`.
+#![cfg(feature = "flex")]
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use qwen2_burn::few_rows::{try_x_wt, x_wt, MAX_ROWS};
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn tensor<B: Backend>(data: &[f32], rows: usize, cols: usize) -> Tensor<B, 2> {
+    Tensor::from_data(
+        TensorData::new(data.to_vec(), [rows, cols]),
+        &Default::default(),
+    )
+}
+
+fn host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+/// `a · bᵀ` (`a`: `[m, k]`, `b`: `[n, k]`) and its scale `|a| · |b|ᵀ`, in f64.
+fn a_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut out = vec![0.0; m * n];
+    let mut scale = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            for p in 0..k {
+                let (x, y) = (a[i * k + p] as f64, b[j * k + p] as f64);
+                out[i * n + j] += x * y;
+                scale[i * n + j] += (x * y).abs();
+            }
+        }
+    }
+    (out, scale)
+}
+
+fn assert_close(got: &[f32], want: &[f64], scale: &[f64], label: &str) {
+    assert_eq!(got.len(), want.len(), "{label}");
+    for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
+        let err = (*g as f64 - w).abs() / s.max(1e-30);
+        assert!(
+            err < 1e-5,
+            "{label} [{i}]: {g} vs {w} (relative to Σ|x·w|: {err:.1e})"
+        );
+    }
+}
+
+/// (m, n, k): rows of x, rows of W, inner length; tiles of 3 × 3 (forward) and 2 × 4
+/// (backward) with every remainder, `k` below, at and above a multiple of 8.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (2, 1, 8),
+    (3, 5, 13),
+    (4, 7, 16),
+    (5, 97, 64),
+    (7, 50, 7),
+    (8, 200, 1000),
+    (MAX_ROWS, 49, 40),
+    (MAX_ROWS + 1, 10, 24),
+];
+
+fn cpu_has_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    #[allow(unreachable_code)]
+    false
+}
+
+#[test]
+fn forward_equals_the_f64_product() {
+    for (case, &(m, n, k)) in SHAPES.iter().enumerate() {
+        let (x, w) = (values(m * k, case as u64), values(n * k, 100 + case as u64));
+        let (want, scale) = a_bt(&x, &w, m, n, k);
+        let label = format!("m={m} n={n} k={k}");
+        let y = x_wt(tensor::<Flex>(&x, m, k), tensor::<Flex>(&w, n, k));
+        assert_eq!(y.dims(), [m, n], "{label}");
+        assert_close(&host(y), &want, &scale, &label);
+
+        // The same product from a strided (transposed) view of x.
+        let xt: Vec<f32> = (0..k * m).map(|i| x[(i % m) * k + i / m]).collect();
+        let strided = tensor::<Flex>(&xt, k, m).transpose();
+        let y = x_wt(strided, tensor::<Flex>(&w, n, k));
+        assert_close(&host(y), &want, &scale, &format!("{label}, strided x"));
+    }
+}
+
+#[test]
+fn the_kernels_take_the_products_they_are_for() {
+    let taken = |m: usize| {
+        let (x, w) = (values(m * 16, 1), values(5 * 16, 2));
+        try_x_wt(tensor::<Flex>(&x, m, 16), tensor::<Flex>(&w, 5, 16)).is_ok()
+    };
+    for m in [2, 8, MAX_ROWS] {
+        assert_eq!(taken(m), cpu_has_kernels(), "{m} rows");
+    }
+    // One row (a matrix-vector product, where the backend's kernel is as fast) and more
+    // than MAX_ROWS rows are left to the backend.
+    assert!(!taken(1));
+    assert!(!taken(MAX_ROWS + 1));
+}
+
+#[test]
+fn input_gradient_under_autodiff_equals_the_f64_product() {
+    type B = Autodiff<Flex>;
+    for (case, &(m, n, k)) in SHAPES.iter().enumerate() {
+        let (x, w) = (values(m * k, case as u64), values(n * k, 100 + case as u64));
+        let r = values(m * n, 200 + case as u64);
+        let label = format!("m={m} n={n} k={k}");
+        let xa = tensor::<B>(&x, m, k).require_grad();
+        let y = x_wt(xa.clone(), tensor::<B>(&w, n, k));
+        let (want, scale) = a_bt(&x, &w, m, n, k);
+        assert_close(&host(y.clone()), &want, &scale, &label);
+
+        // d/dx Σ r ⊙ (x · Wᵀ) = r · W, i.e. r · (Wᵀ)ᵀ.
+        let grads = (y * tensor::<B>(&r, m, n)).sum().backward();
+        let got = host(xa.grad(&grads).unwrap());
+        let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+        let (want, scale) = a_bt(&r, &wt, m, k, n);
+        assert_close(&got, &want, &scale, &format!("{label}, gradient"));
+    }
+}
+
+#[test]
+fn a_weight_that_needs_a_gradient_goes_to_the_backend() {
+    type B = Autodiff<Flex>;
+    let (m, n, k) = (4, 6, 16);
+    let (x, w) = (values(m * k, 7), values(n * k, 8));
+    let wa = tensor::<B>(&w, n, k).require_grad();
+    let result = try_x_wt(tensor::<B>(&x, m, k), wa.clone());
+    assert!(result.is_err());
+    // and x_wt still gives the weight its gradient: d/dW Σ (x · Wᵀ) = column sums of x.
+    let grads = x_wt(tensor::<B>(&x, m, k), wa.clone()).sum().backward();
+    let got = host(wa.grad(&grads).unwrap());
+    for j in 0..n {
+        for p in 0..k {
+            let want: f32 = (0..m).map(|i| x[i * k + p]).sum();
+            assert!((got[j * k + p] - want).abs() < 1e-5);
+        }
+    }
+}
