@@ -311,27 +311,21 @@ fn an_edge_check_is_the_circuit_without_that_edge() {
     let (reference, model) = setup();
     let case = &reference.faithfulness_cases[0];
     let ids = &case.input_ids;
-    let out = run(
-        &model,
-        ids,
-        Options {
-            verify: Some(Ablation::Patch),
-            corrupt: Some(case.corrupt_ids.clone()),
-            verify_edges: 6,
-            ..Options::default()
-        },
-    );
+    let options = Options {
+        verify: Some(Ablation::Patch),
+        corrupt: Some(case.corrupt_ids.clone()),
+        verify_edges: 6,
+        ..Options::default()
+    };
+    let out = run(&model, ids, options.clone());
     assert_eq!(out.edge_checks.len(), 6);
     // One intervention per pass gives the same numbers as the batched default.
     let single = run(
         &model,
         ids,
         Options {
-            verify: Some(Ablation::Patch),
-            corrupt: Some(case.corrupt_ids.clone()),
-            verify_edges: 6,
             verify_batch: Some(1),
-            ..Options::default()
+            ..options
         },
     );
     for (a, b) in out.checks.iter().zip(&single.checks) {

@@ -5,6 +5,7 @@
 //! backward step of its own (`g · W` for the input; the weight is a constant).
 
 use std::any::{Any, TypeId};
+use std::borrow::Cow;
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
@@ -86,26 +87,27 @@ fn fallback_backward(grad: FlexTensor, weight: FlexTensor) -> FlexTensor {
     Flex::float_matmul(grad, weight)
 }
 
-/// A 2-D f32 tensor's elements in row-major order, and its shape; `None` when it is not f32
-/// or not 2-D, a contiguous copy when it is strided.
-fn rows_of(t: &FlexTensor) -> Option<(std::borrow::Cow<'_, [f32]>, usize, usize)> {
+/// Rows and columns of a 2-D f32 tensor; `None` for any other.
+fn f32_matrix(t: &FlexTensor) -> Option<(usize, usize)> {
     let dims = t.layout().shape();
-    if t.dtype() != DType::F32 || dims.num_dims() != 2 {
-        return None;
+    (t.dtype() == DType::F32 && dims.num_dims() == 2).then(|| (dims[0], dims[1]))
+}
+
+/// `t` itself when its elements lie in row-major order, else one contiguous copy.
+fn contiguous(t: &FlexTensor) -> Cow<'_, FlexTensor> {
+    match t.as_slice::<f32>() {
+        Some(_) => Cow::Borrowed(t),
+        None => Cow::Owned(t.to_contiguous()),
     }
-    let (rows, cols) = (dims[0], dims[1]);
-    let data = match t.as_slice::<f32>() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>()?.to_vec()),
-    };
-    Some((data, rows, cols))
 }
 
 /// `x · Wᵀ`, or `None` when the shapes or types do not fit the kernels. `W` must already be
 /// contiguous: a copy of a weight would cost more than the product.
 fn forward(x: &FlexTensor, weight: &FlexTensor) -> Option<FlexTensor> {
     let (w, n, k) = weight_rows(weight)?;
-    let (x, m, kx) = rows_of(x)?;
+    let (m, kx) = f32_matrix(x)?;
+    let x = contiguous(x);
+    let x = x.as_slice::<f32>()?;
     if kx != k || m == 0 || n == 0 {
         return None;
     }
@@ -136,17 +138,19 @@ fn forward(x: &FlexTensor, weight: &FlexTensor) -> Option<FlexTensor> {
 /// `g · W`, or `None` when the shapes or types do not fit the kernels.
 fn backward(grad: &FlexTensor, weight: &FlexTensor) -> Option<FlexTensor> {
     let (w, n, k) = weight_rows(weight)?;
-    let (g, m, ng) = rows_of(grad)?;
-    if ng != n || m == 0 {
+    let (m, ng) = f32_matrix(grad)?;
+    let g = contiguous(grad);
+    let g = g.as_slice::<f32>()?;
+    if ng != n || m == 0 || n == 0 {
         return None;
     }
-    let parts = rayon::current_num_threads().clamp(1, n);
-    let per = n.div_ceil(parts);
-    let sums: Vec<Vec<f32>> = (0..parts)
+    // One range of W's rows per thread; every range starts inside W.
+    let per = n.div_ceil(rayon::current_num_threads().max(1));
+    let sums: Vec<Vec<f32>> = (0..n.div_ceil(per))
         .into_par_iter()
         .map(|part| {
             let c0 = part * per;
-            let rows = per.min(n.saturating_sub(c0));
+            let rows = per.min(n - c0);
             let mut gx = vec![0f32; m * k];
             // SAFETY: `available()` was checked by the caller; `g` is `m × n` (row stride n),
             // `w[c0·k..]` holds `rows × k`, and `gx` is this task's own `m × k`.
@@ -174,11 +178,8 @@ fn backward(grad: &FlexTensor, weight: &FlexTensor) -> Option<FlexTensor> {
 
 /// A weight's elements, rows and columns: `None` unless it is a contiguous 2-D f32 tensor.
 fn weight_rows(weight: &FlexTensor) -> Option<(&[f32], usize, usize)> {
-    let dims = weight.layout().shape();
-    if weight.dtype() != DType::F32 || dims.num_dims() != 2 {
-        return None;
-    }
-    Some((weight.as_slice::<f32>()?, dims[0], dims[1]))
+    let (rows, cols) = f32_matrix(weight)?;
+    Some((weight.as_slice::<f32>()?, rows, cols))
 }
 
 fn from_rows(data: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {
