@@ -80,7 +80,7 @@ pub struct AttributeArgs {
     pub heads: bool,
     /// Gradient checkpointing: the backward recomputes each layer from its saved input instead
     /// of keeping every layer's activations (much less memory, one more forward pass of time).
-    /// On by default above 384 tokens; `--checkpoint false` turns it off.
+    /// On by default above 1,024 tokens; `--checkpoint false` turns it off.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub checkpoint: Option<bool>,
     /// Only the node scores: no edges, heads or logit lens (faster; the pruned views are

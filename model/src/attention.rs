@@ -2,10 +2,11 @@
 
 use crate::linear::Linear;
 use burn::module::Module;
-use burn::tensor::{activation::softmax, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::config::Qwen2Config;
 use crate::error::ModelError;
+use crate::fused;
 use crate::load::Loader;
 use crate::probe::{Probe, Site};
 use crate::rope::Rope;
@@ -64,28 +65,23 @@ impl<B: Backend> Attention<B> {
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let group = nh / nkv;
         // [batch, heads, seq, head_dim]
-        let split =
-            |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, d]).swap_dims(1, 2);
-        let q = rope.apply(split(self.q_proj.forward(x.clone()), nh));
-        let k = rope.apply(split(self.k_proj.forward(x.clone()), nkv));
-        let v = split(self.v_proj.forward(x), nkv);
+        let q = rope.apply(self.q_proj.forward(x.clone()), nh);
+        let k = rope.apply(self.k_proj.forward(x.clone()), nkv);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([batch, seq, nkv, d])
+            .swap_dims(1, 2);
 
         // Query heads h = kv·group + j share key/value head kv. Folding each group into the
         // sequence axis, [batch, kv_heads, group·seq, head_dim], lets one batched matmul serve
         // the whole group without copying K and V `group` times.
         let q = q.reshape([batch, nkv, group * seq, d]);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (d as f64).sqrt());
-        // [batch, heads, seq, seq] + the causal mask broadcast over batch and heads.
-        let scores = scores.reshape([batch, nh, seq, seq]) + mask.clone().unsqueeze::<4>();
-        let probs = softmax(scores, 3).reshape([batch, nkv, group * seq, seq]);
+        // The causal mask is added to each query head's [seq, seq] block.
+        let probs =
+            fused::masked_softmax(q.matmul(k.swap_dims(2, 3)), 1.0 / (d as f64).sqrt(), mask);
         // [batch, kv_heads, group·seq, head_dim] → [batch, seq, heads·head_dim]
-        let heads = probs
-            .matmul(v)
-            .reshape([batch, nh, seq, d])
-            .swap_dims(1, 2)
-            .reshape([batch, seq, nh * d]);
+        let heads = fused::merge_heads(probs.matmul(v).reshape([batch, nh, seq, d]));
         let heads = probe.at(Site::HeadOut(layer), heads);
         self.o_proj.forward(heads)
     }

@@ -9,9 +9,12 @@ pub mod attention;
 pub mod block;
 pub mod config;
 pub mod error;
-pub mod few_rows;
+#[cfg(feature = "flex")]
+pub(crate) mod flex_ops;
+pub mod fused;
 pub mod linear;
 pub mod load;
+pub mod matmul;
 pub mod mlp;
 pub mod model;
 pub mod norm;

@@ -8,8 +8,8 @@ use burn::tensor::{backend::Backend, Tensor};
 /// The weight is read straight from the checkpoint (no transposed copy at load time), and the
 /// product is taken as one 2-D matmul over all rows of `x` with `Wᵀ` as a transposed view:
 /// backends with strided matmul kernels then never copy the weight, neither here nor for the
-/// input gradient `g · W` in the backward pass. Few rows (short prompts) go through
-/// [`few_rows`](crate::few_rows), which reads each weight once where the backend allows it.
+/// input gradient `g · W` in the backward pass. On flex, [`matmul`](crate::matmul) takes the
+/// product and adds the bias in one operation.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[d_out, d_in]`.
@@ -25,11 +25,8 @@ impl<B: Backend> Linear<B> {
         let [batch, seq, d_in] = x.dims();
         let weight = self.weight.val();
         let d_out = weight.dims()[0];
-        let y = crate::few_rows::x_wt(x.reshape([batch * seq, d_in]), weight);
-        let y = match &self.bias {
-            Some(bias) => y + bias.val().unsqueeze::<2>(),
-            None => y,
-        };
+        let bias = self.bias.as_ref().map(Param::val);
+        let y = crate::matmul::linear(x.reshape([batch * seq, d_in]), weight, bias);
         y.reshape([batch, seq, d_out])
     }
 }

@@ -2,10 +2,11 @@
 
 use crate::linear::Linear;
 use burn::module::Module;
-use burn::tensor::{activation::silu, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::config::Qwen2Config;
 use crate::error::ModelError;
+use crate::fused;
 use crate::load::Loader;
 
 /// The feed-forward sublayer of one decoder layer; field names are the checkpoint's.
@@ -33,7 +34,8 @@ impl<B: Backend> Mlp<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(fused::swiglu(gate, self.up_proj.forward(x)))
     }
 }

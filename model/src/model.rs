@@ -191,9 +191,9 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
                 let table = self.model.embed_tokens.weight.val();
                 let vocab = table.dims()[0];
                 let rows = normed.reshape([batch * seq, hidden]);
-                let logits = match crate::few_rows::try_x_wt(rows, table) {
+                let logits = match crate::matmul::try_linear(rows, table, None) {
                     Ok(logits) => logits,
-                    Err((rows, table)) => table.matmul(rows.transpose()).transpose(),
+                    Err((rows, table, _)) => table.matmul(rows.transpose()).transpose(),
                 };
                 logits.reshape([batch, seq, vocab])
             }

@@ -7,6 +7,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, DType, Tensor};
 
+use crate::fused;
+
 /// Root-mean-square norm over the last dimension; field name as in the checkpoint.
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
@@ -22,10 +24,11 @@ impl<B: Backend> RmsNorm<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
         let half = matches!(dtype, DType::F16 | DType::BF16);
-        let wide = if half { x.cast(DType::F32) } else { x };
+        if !half {
+            return fused::rms_norm(x, self.weight.val(), self.eps);
+        }
+        let wide = x.cast(DType::F32);
         let rms = (wide.clone().square().mean_dim(D - 1) + self.eps).sqrt();
-        let normed = wide / rms;
-        let normed = if half { normed.cast(dtype) } else { normed };
-        normed * self.weight.val().unsqueeze()
+        (wide / rms).cast(dtype) * self.weight.val().unsqueeze()
     }
 }

@@ -6,6 +6,8 @@
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
+use crate::fused;
+
 /// Cosine and sine tables for every position up to the model's maximum.
 ///
 /// Not a module: it holds no parameters, only tables derived from the config, and is passed to
@@ -47,21 +49,16 @@ impl<B: Backend> Rope<B> {
         }
     }
 
-    /// Rotates queries or keys at positions `0..seq`.
+    /// Splits queries or keys into heads and rotates them by their positions `0..seq`.
     ///
     /// # Shapes
-    /// - `x`: `[batch, heads, seq, head_dim]`
-    /// - output: the same
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, seq, head_dim] = x.dims();
-        let half = head_dim / 2;
-        // [1, 1, seq, head_dim], broadcast over batch and heads.
-        let cos = self.cos.clone().narrow(0, 0, seq).unsqueeze::<4>();
-        let sin = self.sin.clone().narrow(0, 0, seq).unsqueeze::<4>();
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos + rotated * sin
+    /// - `x`: `[batch, seq, heads · head_dim]` (a projection's output)
+    /// - output: `[batch, heads, seq, head_dim]`
+    pub fn apply(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+        let seq = x.dims()[1];
+        let cos = self.cos.clone().narrow(0, 0, seq);
+        let sin = self.sin.clone().narrow(0, 0, seq);
+        fused::rope_heads(x, heads, cos, sin)
     }
 
     /// The longest sequence the tables cover.
@@ -80,8 +77,10 @@ mod tests {
         let device = Default::default();
         let rope = Rope::<TestBackend>::new(8, 10000.0, 16, &device);
         let values: Vec<f32> = (0..2 * 3 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
-        let x = Tensor::<TestBackend, 4>::from_data(TensorData::new(values, [1, 2, 3, 8]), &device);
-        let y = rope.apply(x.clone());
+        // Three positions of two heads of 8.
+        let x = Tensor::<TestBackend, 3>::from_data(TensorData::new(values, [1, 3, 16]), &device);
+        let y = rope.apply(x.clone(), 2);
+        let x = x.reshape([1, 3, 2, 8]).swap_dims(1, 2);
         let first =
             |t: Tensor<TestBackend, 4>| t.narrow(2, 0, 1).into_data().to_vec::<f32>().unwrap();
         assert_eq!(first(x.clone()), first(y.clone()));
@@ -98,14 +97,11 @@ mod tests {
         let device = Default::default();
         let rope = Rope::<TestBackend>::new(4, 1.0, 4, &device);
         // theta = 1: every frequency is 1, so position 1 rotates each pair by 1 radian.
-        let x = Tensor::<TestBackend, 4>::from_data(
-            TensorData::new(
-                vec![0.0f32, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
-                [1, 1, 2, 4],
-            ),
+        let x = Tensor::<TestBackend, 3>::from_data(
+            TensorData::new(vec![0.0f32, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [1, 2, 4]),
             &device,
         );
-        let y = rope.apply(x).into_data().to_vec::<f32>().unwrap();
+        let y = rope.apply(x, 1).into_data().to_vec::<f32>().unwrap();
         let (c, s) = (1f32.cos(), 1f32.sin());
         let expected = [c, 0.0, s, 0.0];
         for (a, b) in y[4..].iter().zip(expected) {

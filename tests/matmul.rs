@@ -1,11 +1,11 @@
-//! The few-row matmul kernels (`qwen2_burn::few_rows`) against products taken in f64 on the
-//! host: the forward `x · Wᵀ` on flex, and its input gradient `g · W` under autodiff, over
-//! shapes that exercise every register tile and the tails of `k`.
+//! flex's linear-layer product (`qwen2_burn::matmul`) against products taken in f64 on the
+//! host: the forward `x · Wᵀ + b`, and its input gradient `g · W` under autodiff, over shapes
+//! that exercise every register tile of the few-row kernels, the tails of `k`, and gemm.
 #![cfg(feature = "flex")]
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use qwen2_burn::few_rows::{try_x_wt, x_wt, MAX_ROWS};
+use qwen2_burn::matmul::{linear, streams, try_linear, x_wt, MAX_FEW_ROWS};
 
 /// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -69,8 +69,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (5, 97, 64),
     (7, 50, 7),
     (8, 200, 1000),
-    (MAX_ROWS, 49, 40),
-    (MAX_ROWS + 1, 10, 24),
+    (MAX_FEW_ROWS, 49, 40),
+    (MAX_FEW_ROWS + 1, 10, 24),
+    (200, 130, 70),
 ];
 
 fn cpu_has_kernels() -> bool {
@@ -100,17 +101,45 @@ fn forward_equals_the_f64_product() {
 
 #[test]
 fn the_kernels_take_the_products_they_are_for() {
-    let taken = |m: usize| {
-        let (x, w) = (values(m * 16, 1), values(5 * 16, 2));
-        try_x_wt(tensor::<Flex>(&x, m, 16), tensor::<Flex>(&w, 5, 16)).is_ok()
-    };
-    for m in [2, 8, MAX_ROWS] {
-        assert_eq!(taken(m), cpu_has_kernels(), "{m} rows");
+    for m in [2, 8, MAX_FEW_ROWS] {
+        assert_eq!(streams(m), cpu_has_kernels(), "{m} rows");
     }
     // One row (a matrix-vector product, where the backend's kernel is as fast) and more
-    // than MAX_ROWS rows are left to the backend.
+    // than MAX_FEW_ROWS rows do not stream; from two rows on, flex takes its own product.
+    assert!(!streams(1));
+    assert!(!streams(MAX_FEW_ROWS + 1));
+    let taken = |m: usize| {
+        let (x, w) = (values(m * 16, 1), values(5 * 16, 2));
+        try_linear(tensor::<Flex>(&x, m, 16), tensor::<Flex>(&w, 5, 16), None).is_ok()
+    };
     assert!(!taken(1));
-    assert!(!taken(MAX_ROWS + 1));
+    for m in [2, MAX_FEW_ROWS, MAX_FEW_ROWS + 1, 100] {
+        assert!(taken(m), "{m} rows");
+    }
+}
+
+#[test]
+fn the_bias_is_added_on_both_paths() {
+    type B = Autodiff<Flex>;
+    for m in [4, MAX_FEW_ROWS + 3] {
+        let (n, k) = (37, 24);
+        let (x, w, b) = (values(m * k, 3), values(n * k, 4), values(n, 5));
+        let (mut want, scale) = a_bt(&x, &w, m, n, k);
+        want.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v += b[i % n] as f64);
+        let bias = Tensor::<B, 1>::from_data(TensorData::new(b.clone(), [n]), &Default::default());
+        let xa = tensor::<B>(&x, m, k).require_grad();
+        let y = linear(xa.clone(), tensor::<B>(&w, n, k), Some(bias));
+        let scale: Vec<f64> = scale.iter().map(|s| s + 1.0).collect();
+        assert_close(&host(y.clone()), &want, &scale, &format!("m={m}"));
+        // The bias leaves the input gradient alone: d/dx Σ y = column sums of W.
+        let got = host(xa.grad(&y.sum().backward()).unwrap());
+        for p in 0..k {
+            let want: f32 = (0..n).map(|j| w[j * k + p]).sum();
+            assert!((got[p] - want).abs() < 1e-4, "m={m}: {} vs {want}", got[p]);
+        }
+    }
 }
 
 #[test]
@@ -140,7 +169,7 @@ fn a_weight_that_needs_a_gradient_goes_to_the_backend() {
     let (m, n, k) = (4, 6, 16);
     let (x, w) = (values(m * k, 7), values(n * k, 8));
     let wa = tensor::<B>(&w, n, k).require_grad();
-    let result = try_x_wt(tensor::<B>(&x, m, k), wa.clone());
+    let result = try_linear(tensor::<B>(&x, m, k), wa.clone(), None);
     assert!(result.is_err());
     // and x_wt still gives the weight its gradient: d/dW Σ (x · Wᵀ) = column sums of x.
     let grads = x_wt(tensor::<B>(&x, m, k), wa.clone()).sum().backward();

@@ -1,0 +1,266 @@
+//! `x · Wᵀ + b` on burn's flex backend, plain and under autodiff, as a [`FlexOp`] whose
+//! backward step gives the input gradient `g · W` (the weight and bias are constants).
+//!
+//! Products with 2 ..= `MAX_FEW_ROWS` rows take the streaming kernels on CPUs that have them;
+//! all others call gemm (the crate flex's own matmul uses) into a buffer allocated here, with
+//! the bias written into it first. flex's matmul allocates its output through a path that
+//! copies a zeroed buffer on the calling thread, which at 512 tokens cost more than a third of
+//! the forward pass (every page of every product first touched by one thread).
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{backend::Backend, Tensor};
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use super::avx2;
+use super::MAX_FEW_ROWS;
+use crate::flex_ops::{
+    self, constant, dense, dims, elems, from_vec, primitive, tensor, FlexOp, SendPtr,
+};
+
+/// Weight rows per task in the forward kernel (a multiple of its three-row tile).
+const ROWS_PER_TASK: usize = 48;
+
+/// Products with fewer multiply-adds than this run on one thread.
+const PARALLEL_ABOVE: usize = 1 << 21;
+
+/// See [`super::try_linear`].
+#[allow(clippy::result_large_err)]
+pub(super) fn try_linear<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Result<Tensor<B, 2>, super::LinearOperands<B>> {
+    let weight = primitive(weight);
+    let bias = bias.map(primitive);
+    let w = constant::<B>(&weight).filter(|w| weight_rows(w).is_some());
+    let b = match &bias {
+        Some(b) => constant::<B>(b).and_then(|b| dense(&b)).map(Some),
+        None => Some(None),
+    };
+    let op = w.zip(b).and_then(|(weight, bias)| {
+        let n = dims(&weight)[0];
+        let fits = bias.as_ref().is_none_or(|b| dims(b) == [n]);
+        fits.then_some(XWt { weight, bias })
+    });
+    let Some(op) = op else {
+        return Err((x, tensor(weight), bias.map(tensor)));
+    };
+    match flex_ops::run::<B, _, 1>(op, [primitive(x)]) {
+        Ok(y) => Ok(tensor(y)),
+        Err([x]) => Err((tensor(x), tensor(weight), bias.map(tensor))),
+    }
+}
+
+/// Whether a product with `m` rows takes the streaming kernels.
+pub(super) fn streams(m: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return (2..=MAX_FEW_ROWS).contains(&m) && avx2::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (m, MAX_FEW_ROWS);
+        false
+    }
+}
+
+/// `y = x · Wᵀ + b` with constant `W` and `b`; the backward step gives `∂x = ∂y · W`.
+#[derive(Debug)]
+struct XWt {
+    /// `[n, k]`, contiguous.
+    weight: FlexTensor,
+    /// `[n]`, contiguous.
+    bias: Option<FlexTensor>,
+}
+
+impl FlexOp<1> for XWt {
+    type Saved = ();
+
+    fn forward(&self, [x]: [&FlexTensor; 1]) -> Option<(FlexTensor, ())> {
+        let (w, n, k) = weight_rows(&self.weight)?;
+        let (m, kx) = f32_matrix(x)?;
+        if kx != k || m < 2 || n == 0 || k == 0 {
+            return None;
+        }
+        let x = dense(x)?;
+        let x = elems(&x);
+        let mut y = vec![0f32; m * n];
+        let bias = self.bias.as_ref().map(elems);
+        if stream_x_wt(x, m, w, n, k, &mut y) {
+            if let Some(b) = bias {
+                y.par_chunks_mut(n)
+                    .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+            }
+        } else {
+            if let Some(b) = bias {
+                y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
+            }
+            // SAFETY: `y` is `m × n`, `x` is `m × k`, `w` is `n × k`, all row-major; W's
+            // transpose is read through its strides.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    y.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    self.bias.is_some(),
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism(m, n, k),
+                );
+            }
+        }
+        Some((from_vec(y, &[m, n]), ()))
+    }
+
+    fn backward(&self, _: &(), grad: &FlexTensor, _: [bool; 1]) -> [Option<FlexTensor>; 1] {
+        let (w, n, k) = weight_rows(&self.weight).expect("checked in the forward pass");
+        let (m, _) = f32_matrix(grad).expect("the gradient of an f32 matrix");
+        let g = dense(grad).expect("the gradient of an f32 matrix");
+        let g = elems(&g);
+        let gx = if let Some(gx) = stream_g_w(g, m, w, n, k) {
+            gx
+        } else {
+            let mut gx = vec![0f32; m * k];
+            // SAFETY: `gx` is `m × k`, `g` is `m × n`, `w` is `n × k`, all row-major.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    k,
+                    n,
+                    gx.as_mut_ptr(),
+                    1,
+                    k as isize,
+                    false,
+                    g.as_ptr(),
+                    1,
+                    n as isize,
+                    w.as_ptr(),
+                    1,
+                    k as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism(m, k, n),
+                );
+            }
+            gx
+        };
+        [Some(from_vec(gx, &[m, k]))]
+    }
+}
+
+/// All threads for large products, one for small ones.
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_ABOVE {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// Rows and columns of a 2-D f32 tensor; `None` for any other.
+fn f32_matrix(t: &FlexTensor) -> Option<(usize, usize)> {
+    match dims(t)[..] {
+        [rows, cols] if t.dtype() == burn::tensor::DType::F32 => Some((rows, cols)),
+        _ => None,
+    }
+}
+
+/// `y = x · Wᵀ` with the streaming kernels when [`streams`]`(m)`; `x` is `m × k`, `w` is
+/// `n × k`, `y` is `m × n`. Whether it did.
+#[cfg(target_arch = "x86_64")]
+fn stream_x_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, y: &mut [f32]) -> bool {
+    if !streams(m) {
+        return false;
+    }
+    let out = SendPtr(y.as_mut_ptr());
+    (0..n.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .for_each(|task| {
+            let c0 = task * ROWS_PER_TASK;
+            let rows = ROWS_PER_TASK.min(n - c0);
+            // SAFETY: `streams(m)` checked `available()`; `x` is `m × k`, `w[c0·k..]` holds
+            // `rows × k`, and each task writes only its own columns `c0..c0 + rows` of `y`.
+            unsafe {
+                avx2::x_wt(
+                    x.as_ptr(),
+                    m,
+                    w.as_ptr().add(c0 * k),
+                    rows,
+                    k,
+                    out.at(c0),
+                    n,
+                );
+            }
+        });
+    true
+}
+
+/// `g · W` with the streaming kernels when [`streams`]`(m)`; `g` is `m × n`, `w` is `n × k`.
+#[cfg(target_arch = "x86_64")]
+fn stream_g_w(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<f32>> {
+    if !streams(m) {
+        return None;
+    }
+    // One range of W's rows per thread; every range starts inside W.
+    let per = n.div_ceil(rayon::current_num_threads().max(1));
+    let sums: Vec<Vec<f32>> = (0..n.div_ceil(per))
+        .into_par_iter()
+        .map(|part| {
+            let c0 = part * per;
+            let rows = per.min(n - c0);
+            let mut gx = vec![0f32; m * k];
+            // SAFETY: `streams(m)` checked `available()`; `g` is `m × n` (row stride n),
+            // `w[c0·k..]` holds `rows × k`, and `gx` is this task's own `m × k`.
+            unsafe {
+                avx2::g_w(
+                    g.as_ptr().add(c0),
+                    n,
+                    m,
+                    w.as_ptr().add(c0 * k),
+                    rows,
+                    k,
+                    gx.as_mut_ptr(),
+                );
+            }
+            gx
+        })
+        .collect();
+    let mut sums = sums.into_iter();
+    let mut gx = sums.next().unwrap_or_else(|| vec![0f32; m * k]);
+    for part in sums {
+        gx.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    Some(gx)
+}
+
+/// Without the kernels, nothing streams.
+#[cfg(not(target_arch = "x86_64"))]
+fn stream_x_wt(_: &[f32], _: usize, _: &[f32], _: usize, _: usize, _: &mut [f32]) -> bool {
+    false
+}
+
+/// Without the kernels, nothing streams.
+#[cfg(not(target_arch = "x86_64"))]
+fn stream_g_w(_: &[f32], _: usize, _: &[f32], _: usize, _: usize) -> Option<Vec<f32>> {
+    None
+}
+
+/// A weight's elements, rows and columns: `None` unless it is a contiguous 2-D f32 tensor.
+fn weight_rows(weight: &FlexTensor) -> Option<(&[f32], usize, usize)> {
+    let (rows, cols) = f32_matrix(weight)?;
+    Some((weight.as_slice::<f32>()?, rows, cols))
+}
