@@ -5,7 +5,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use qwen2_burn::matmul::{linear, streams, try_linear, x_wt, MAX_FEW_ROWS};
+use qwen2_burn::matmul::{linear, streams, try_linear, MAX_FEW_ROWS};
 
 /// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -87,14 +87,14 @@ fn forward_equals_the_f64_product() {
         let (x, w) = (values(m * k, case as u64), values(n * k, 100 + case as u64));
         let (want, scale) = a_bt(&x, &w, m, n, k);
         let label = format!("m={m} n={n} k={k}");
-        let y = x_wt(tensor::<Flex>(&x, m, k), tensor::<Flex>(&w, n, k));
+        let y = linear(tensor::<Flex>(&x, m, k), tensor::<Flex>(&w, n, k), None);
         assert_eq!(y.dims(), [m, n], "{label}");
         assert_close(&host(y), &want, &scale, &label);
 
         // The same product from a strided (transposed) view of x.
         let xt: Vec<f32> = (0..k * m).map(|i| x[(i % m) * k + i / m]).collect();
         let strided = tensor::<Flex>(&xt, k, m).transpose();
-        let y = x_wt(strided, tensor::<Flex>(&w, n, k));
+        let y = linear(strided, tensor::<Flex>(&w, n, k), None);
         assert_close(&host(y), &want, &scale, &format!("{label}, strided x"));
     }
 }
@@ -150,7 +150,7 @@ fn input_gradient_under_autodiff_equals_the_f64_product() {
         let r = values(m * n, 200 + case as u64);
         let label = format!("m={m} n={n} k={k}");
         let xa = tensor::<B>(&x, m, k).require_grad();
-        let y = x_wt(xa.clone(), tensor::<B>(&w, n, k));
+        let y = linear(xa.clone(), tensor::<B>(&w, n, k), None);
         let (want, scale) = a_bt(&x, &w, m, n, k);
         assert_close(&host(y.clone()), &want, &scale, &label);
 
@@ -171,8 +171,10 @@ fn a_weight_that_needs_a_gradient_goes_to_the_backend() {
     let wa = tensor::<B>(&w, n, k).require_grad();
     let result = try_linear(tensor::<B>(&x, m, k), wa.clone(), None);
     assert!(result.is_err());
-    // and x_wt still gives the weight its gradient: d/dW Σ (x · Wᵀ) = column sums of x.
-    let grads = x_wt(tensor::<B>(&x, m, k), wa.clone()).sum().backward();
+    // and linear still gives the weight its gradient: d/dW Σ (x · Wᵀ) = column sums of x.
+    let grads = linear(tensor::<B>(&x, m, k), wa.clone(), None)
+        .sum()
+        .backward();
     let got = host(wa.grad(&grads).unwrap());
     for j in 0..n {
         for p in 0..k {

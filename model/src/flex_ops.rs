@@ -124,6 +124,16 @@ pub(crate) fn dense(t: &FlexTensor) -> Option<FlexTensor> {
     })
 }
 
+/// A constant operand ([`constant`]) made [`dense`].
+pub(crate) fn dense_constant<B: Backend>(p: &Float<B>) -> Option<FlexTensor> {
+    dense(&constant::<B>(p)?)
+}
+
+/// The gradient of an op's f32 output, [`dense`].
+pub(crate) fn dense_grad(grad: &FlexTensor) -> FlexTensor {
+    dense(grad).expect("the gradient of an f32 output is f32")
+}
+
 /// The elements of a tensor [`dense`] returned.
 pub(crate) fn elems(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()

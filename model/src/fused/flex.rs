@@ -6,7 +6,9 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{backend::Backend, Tensor};
 
 use super::kernels;
-use crate::flex_ops::{constant, dense, dims, elems, from_vec, primitive, run, tensor, FlexOp};
+use crate::flex_ops::{
+    dense, dense_constant, dense_grad, dims, elems, from_vec, primitive, run, tensor, FlexOp,
+};
 
 /// Runs a one-input op, handing back the input when it does not apply.
 fn run1<B: Backend, Op: FlexOp<1>, const D: usize, const E: usize>(
@@ -63,7 +65,7 @@ impl FlexOp<2> for SwiGlu {
         grad: &FlexTensor,
         _: [bool; 2],
     ) -> [Option<FlexTensor>; 2] {
-        let d = dense(grad).expect("the gradient of an f32 output is f32");
+        let d = dense_grad(grad);
         let (dg, du) = kernels::swiglu_backward(elems(g), elems(u), elems(&d));
         let shape = dims(g);
         [Some(from_vec(dg, &shape)), Some(from_vec(du, &shape))]
@@ -76,7 +78,7 @@ pub fn masked_softmax<B: Backend>(
     scale: f64,
     mask: &Tensor<B, 2>,
 ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    let mask = constant::<B>(&primitive(mask.clone())).and_then(|m| dense(&m));
+    let mask = dense_constant::<B>(&primitive(mask.clone()));
     let op = mask.map(|mask| MaskedSoftmax {
         scale: scale as f32,
         mask,
@@ -111,7 +113,7 @@ impl FlexOp<1> for MaskedSoftmax {
 
     fn backward(&self, p: &FlexTensor, grad: &FlexTensor, _: [bool; 1]) -> [Option<FlexTensor>; 1] {
         let shape = dims(p);
-        let dp = dense(grad).expect("the gradient of an f32 output is f32");
+        let dp = dense_grad(grad);
         let cols = shape[shape.len() - 1];
         let ds = kernels::masked_softmax_backward(elems(p), elems(&dp), cols, self.scale);
         [Some(from_vec(ds, &shape))]
@@ -124,7 +126,7 @@ pub fn rms_norm<B: Backend, const D: usize>(
     weight: Tensor<B, 1>,
     eps: f64,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    let weight = constant::<B>(&primitive(weight)).and_then(|w| dense(&w));
+    let weight = dense_constant::<B>(&primitive(weight));
     let op = weight.map(|weight| RmsNorm {
         weight,
         eps: eps as f32,
@@ -159,7 +161,7 @@ impl FlexOp<1> for RmsNorm {
         grad: &FlexTensor,
         _: [bool; 1],
     ) -> [Option<FlexTensor>; 1] {
-        let dy = dense(grad).expect("the gradient of an f32 output is f32");
+        let dy = dense_grad(grad);
         let dx = kernels::rms_norm_backward(elems(x), elems(&self.weight), rstd, elems(&dy));
         [Some(from_vec(dx, &dims(x)))]
     }
@@ -172,7 +174,7 @@ pub fn rope_heads<B: Backend>(
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
 ) -> Result<Tensor<B, 4>, Tensor<B, 3>> {
-    let table = |t: Tensor<B, 2>| constant::<B>(&primitive(t)).and_then(|t| dense(&t));
+    let table = |t: Tensor<B, 2>| dense_constant::<B>(&primitive(t));
     let op = table(cos)
         .zip(table(sin))
         .map(|(cos, sin)| RopeHeads { heads, cos, sin });
@@ -224,7 +226,7 @@ impl FlexOp<1> for RopeHeads {
         _: [bool; 1],
     ) -> [Option<FlexTensor>; 1] {
         let [batch, seq, heads, d] = *shape;
-        let dy = dense(grad).expect("the gradient of an f32 output is f32");
+        let dy = dense_grad(grad);
         let dx =
             kernels::rope_heads_backward(elems(&dy), *shape, elems(&self.cos), elems(&self.sin));
         [Some(from_vec(dx, &[batch, seq, heads * d]))]
@@ -257,7 +259,7 @@ impl FlexOp<1> for MergeHeads {
         grad: &FlexTensor,
         _: [bool; 1],
     ) -> [Option<FlexTensor>; 1] {
-        let dy = dense(grad).expect("the gradient of an f32 output is f32");
+        let dy = dense_grad(grad);
         let dx = kernels::permute_heads(elems(&dy), *shape, true);
         [Some(from_vec(dx, shape))]
     }

@@ -14,11 +14,15 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
 use super::MAX_FEW_ROWS;
+#[cfg(target_arch = "x86_64")]
+use crate::flex_ops::SendPtr;
 use crate::flex_ops::{
-    self, constant, dense, dims, elems, from_vec, primitive, tensor, FlexOp, SendPtr,
+    self, constant, dense, dense_constant, dense_grad, dims, elems, from_vec, primitive, tensor,
+    FlexOp,
 };
 
 /// Weight rows per task in the forward kernel (a multiple of its three-row tile).
+#[cfg(target_arch = "x86_64")]
 const ROWS_PER_TASK: usize = 48;
 
 /// Products with fewer multiply-adds than this run on one thread.
@@ -35,7 +39,7 @@ pub(super) fn try_linear<B: Backend>(
     let bias = bias.map(primitive);
     let w = constant::<B>(&weight).filter(|w| weight_rows(w).is_some());
     let b = match &bias {
-        Some(b) => constant::<B>(b).and_then(|b| dense(&b)).map(Some),
+        Some(b) => dense_constant::<B>(b).map(Some),
         None => Some(None),
     };
     let op = w.zip(b).and_then(|(weight, bias)| {
@@ -94,31 +98,8 @@ impl FlexOp<1> for XWt {
             if let Some(b) = bias {
                 y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
             }
-            // SAFETY: `y` is `m × n`, `x` is `m × k`, `w` is `n × k`, all row-major; W's
-            // transpose is read through its strides.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    y.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    self.bias.is_some(),
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism(m, n, k),
-                );
-            }
+            // y = b + x · Wᵀ, Wᵀ read through its strides.
+            gemm_into(&mut y, bias.is_some(), x, w, (m, n, k), (1, k));
         }
         Some((from_vec(y, &[m, n]), ()))
     }
@@ -126,39 +107,54 @@ impl FlexOp<1> for XWt {
     fn backward(&self, _: &(), grad: &FlexTensor, _: [bool; 1]) -> [Option<FlexTensor>; 1] {
         let (w, n, k) = weight_rows(&self.weight).expect("checked in the forward pass");
         let (m, _) = f32_matrix(grad).expect("the gradient of an f32 matrix");
-        let g = dense(grad).expect("the gradient of an f32 matrix");
+        let g = dense_grad(grad);
         let g = elems(&g);
         let gx = if let Some(gx) = stream_g_w(g, m, w, n, k) {
             gx
         } else {
             let mut gx = vec![0f32; m * k];
-            // SAFETY: `gx` is `m × k`, `g` is `m × n`, `w` is `n × k`, all row-major.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    k,
-                    n,
-                    gx.as_mut_ptr(),
-                    1,
-                    k as isize,
-                    false,
-                    g.as_ptr(),
-                    1,
-                    n as isize,
-                    w.as_ptr(),
-                    1,
-                    k as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism(m, k, n),
-                );
-            }
+            gemm_into(&mut gx, false, g, w, (m, k, n), (k, 1));
             gx
         };
         [Some(from_vec(gx, &[m, k]))]
+    }
+}
+
+/// `dst = (dst if accumulate) + lhs · rhs` for row-major `dst` (`m × n`) and `lhs` (`m × k`),
+/// and `rhs` (`k × n`) read at `rhs[p·rs + j·cs]` with the given strides `(rs, cs)`.
+fn gemm_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    rhs: &[f32],
+    (m, n, k): (usize, usize, usize),
+    (rs, cs): (usize, usize),
+) {
+    assert!(dst.len() == m * n && lhs.len() == m * k);
+    assert!(k == 0 || n == 0 || (k - 1) * rs + (n - 1) * cs < rhs.len());
+    // SAFETY: the asserts above keep every element gemm reads or writes inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            cs as isize,
+            rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(m, n, k),
+        );
     }
 }
 

@@ -74,8 +74,3 @@ pub fn linear<B: Backend>(
         }
     }
 }
-
-/// `x · Wᵀ`: [`linear`] without a bias.
-pub fn x_wt<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
-    linear(x, weight, None)
-}
