@@ -5,7 +5,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use qwen2_burn::matmul::{linear, streams, try_linear, MAX_FEW_ROWS};
+use qwen2_burn::matmul::{blocks, linear, streams, try_linear, MAX_BLOCKED_ROWS, MAX_FEW_ROWS};
 
 /// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -60,17 +60,25 @@ fn assert_close(got: &[f32], want: &[f64], scale: &[f64], label: &str) {
     }
 }
 
-/// (m, n, k): rows of x, rows of W, inner length; tiles of 3 × 3 (forward) and 2 × 4
-/// (backward) with every remainder, `k` below, at and above a multiple of 8.
+/// (m, n, k): rows of x, rows of W, inner length. The streaming kernels' tiles of 3 × 3
+/// (forward) and 2 × 4 (backward) with every remainder and `k` below, at and above a multiple
+/// of 8; the blocked kernels' panels of 16 rows (full, partial, one row over), tiles of six
+/// rows of W (forward) and of g (backward) with every remainder, strips of 16 columns with
+/// and without a tail, more than one block of 256 rows of W (backward) and more than one
+/// pass over `k` (96 rows, forward); and gemm on either side of them.
 const SHAPES: &[(usize, usize, usize)] = &[
     (2, 1, 8),
     (3, 5, 13),
     (4, 7, 16),
     (5, 97, 64),
-    (7, 50, 7),
-    (8, 200, 1000),
-    (MAX_FEW_ROWS, 49, 40),
-    (MAX_FEW_ROWS + 1, 10, 24),
+    (MAX_FEW_ROWS, 50, 7),
+    (MAX_FEW_ROWS + 1, 200, 1000),
+    (17, 301, 40),
+    (33, 16, 16),
+    (40, 13, 45),
+    (64, 7, 33),
+    (MAX_BLOCKED_ROWS, 11, 1500),
+    (MAX_BLOCKED_ROWS + 1, 10, 24),
     (200, 130, 70),
 ];
 
@@ -101,27 +109,34 @@ fn forward_equals_the_f64_product() {
 
 #[test]
 fn the_kernels_take_the_products_they_are_for() {
-    for m in [2, 8, MAX_FEW_ROWS] {
+    for m in [2, 5, MAX_FEW_ROWS] {
         assert_eq!(streams(m), cpu_has_kernels(), "{m} rows");
+        assert!(!blocks(m), "{m} rows");
     }
-    // One row (a matrix-vector product, where the backend's kernel is as fast) and more
-    // than MAX_FEW_ROWS rows do not stream; from two rows on, flex takes its own product.
-    assert!(!streams(1));
-    assert!(!streams(MAX_FEW_ROWS + 1));
+    for m in [MAX_FEW_ROWS + 1, 64, MAX_BLOCKED_ROWS] {
+        assert_eq!(blocks(m), cpu_has_kernels(), "{m} rows");
+        assert!(!streams(m), "{m} rows");
+    }
+    // One row (a matrix-vector product, where the backend's kernel is as fast) takes neither,
+    // nor do more than MAX_BLOCKED_ROWS rows (gemm); from two rows on, flex takes its own
+    // product.
+    for m in [1, MAX_BLOCKED_ROWS + 1, 512] {
+        assert!(!streams(m) && !blocks(m), "{m} rows");
+    }
     let taken = |m: usize| {
         let (x, w) = (values(m * 16, 1), values(5 * 16, 2));
         try_linear(tensor::<Flex>(&x, m, 16), tensor::<Flex>(&w, 5, 16), None).is_ok()
     };
     assert!(!taken(1));
-    for m in [2, MAX_FEW_ROWS, MAX_FEW_ROWS + 1, 100] {
+    for m in [2, MAX_FEW_ROWS, MAX_FEW_ROWS + 1, MAX_BLOCKED_ROWS + 1, 200] {
         assert!(taken(m), "{m} rows");
     }
 }
 
 #[test]
-fn the_bias_is_added_on_both_paths() {
+fn the_bias_is_added_on_every_path() {
     type B = Autodiff<Flex>;
-    for m in [4, MAX_FEW_ROWS + 3] {
+    for m in [4, MAX_FEW_ROWS + 3, MAX_BLOCKED_ROWS + 3] {
         let (n, k) = (37, 24);
         let (x, w, b) = (values(m * k, 3), values(n * k, 4), values(n, 5));
         let (mut want, scale) = a_bt(&x, &w, m, n, k);

@@ -12,8 +12,8 @@ use burn::tensor::{backend::Backend, Tensor};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::avx2;
-use super::MAX_FEW_ROWS;
+use super::{avx2, blocked};
+use super::{MAX_BLOCKED_ROWS, MAX_FEW_ROWS};
 #[cfg(target_arch = "x86_64")]
 use crate::flex_ops::SendPtr;
 use crate::flex_ops::{
@@ -95,11 +95,14 @@ impl FlexOp<1> for XWt {
                     .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
             }
         } else {
+            // The blocked kernels and gemm add to what is there: the bias.
             if let Some(b) = bias {
                 y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
             }
-            // y = b + x · Wᵀ, Wᵀ read through its strides.
-            gemm_into(&mut y, bias.is_some(), x, w, (m, n, k), (1, k));
+            if !blocked_x_wt(x, m, w, n, k, &mut y) {
+                // y = b + x · Wᵀ, Wᵀ read through its strides.
+                gemm_into(&mut y, bias.is_some(), x, w, (m, n, k), (1, k));
+            }
         }
         Some((from_vec(y, &[m, n]), ()))
     }
@@ -109,13 +112,13 @@ impl FlexOp<1> for XWt {
         let (m, _) = f32_matrix(grad).expect("the gradient of an f32 matrix");
         let g = dense_grad(grad);
         let g = elems(&g);
-        let gx = if let Some(gx) = stream_g_w(g, m, w, n, k) {
-            gx
-        } else {
-            let mut gx = vec![0f32; m * k];
-            gemm_into(&mut gx, false, g, w, (m, k, n), (k, 1));
-            gx
-        };
+        let gx = stream_g_w(g, m, w, n, k)
+            .or_else(|| blocked_g_w(g, m, w, n, k))
+            .unwrap_or_else(|| {
+                let mut gx = vec![0f32; m * k];
+                gemm_into(&mut gx, false, g, w, (m, k, n), (k, 1));
+                gx
+            });
         [Some(from_vec(gx, &[m, k]))]
     }
 }
@@ -183,25 +186,21 @@ fn stream_x_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, y: &mut [f32]
         return false;
     }
     let out = SendPtr(y.as_mut_ptr());
-    (0..n.div_ceil(ROWS_PER_TASK))
-        .into_par_iter()
-        .for_each(|task| {
-            let c0 = task * ROWS_PER_TASK;
-            let rows = ROWS_PER_TASK.min(n - c0);
-            // SAFETY: `streams(m)` checked `available()`; `x` is `m × k`, `w[c0·k..]` holds
-            // `rows × k`, and each task writes only its own columns `c0..c0 + rows` of `y`.
-            unsafe {
-                avx2::x_wt(
-                    x.as_ptr(),
-                    m,
-                    w.as_ptr().add(c0 * k),
-                    rows,
-                    k,
-                    out.at(c0),
-                    n,
-                );
-            }
-        });
+    par_ranges(n, ROWS_PER_TASK, |c0, rows| {
+        // SAFETY: `streams(m)` checked `available()`; `x` is `m × k`, `w[c0·k..]` holds
+        // `rows × k`, and each task writes only its own columns `c0..c0 + rows` of `y`.
+        unsafe {
+            avx2::x_wt(
+                x.as_ptr(),
+                m,
+                w.as_ptr().add(c0 * k),
+                rows,
+                k,
+                out.at(c0),
+                n,
+            )
+        }
+    });
     true
 }
 
@@ -259,4 +258,77 @@ fn stream_g_w(_: &[f32], _: usize, _: &[f32], _: usize, _: usize) -> Option<Vec<
 fn weight_rows(weight: &FlexTensor) -> Option<(&[f32], usize, usize)> {
     let (rows, cols) = f32_matrix(weight)?;
     Some((weight.as_slice::<f32>()?, rows, cols))
+}
+
+/// Whether a product with `m` rows takes the blocked kernels.
+pub(super) fn blocks(m: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return (MAX_FEW_ROWS + 1..=MAX_BLOCKED_ROWS).contains(&m) && avx2::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (m, MAX_BLOCKED_ROWS);
+        false
+    }
+}
+
+/// `y += x · Wᵀ` with the blocked kernels when [`blocks`]`(m)`; `x` is `m × k`, `w` is
+/// `n × k`, `y` is `m × n`. Whether it did.
+#[cfg(target_arch = "x86_64")]
+fn blocked_x_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, y: &mut [f32]) -> bool {
+    if !blocks(m) {
+        return false;
+    }
+    let panels = blocked::panels(x, m, k);
+    let out = SendPtr(y.as_mut_ptr());
+    // A few ranges of W's rows per thread, each a whole number of tiles.
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    let per = n.div_ceil(tasks).next_multiple_of(blocked::W_ROWS);
+    par_ranges(n, per, |c0, rows| {
+        // SAFETY: `blocks(m)` checked `available()`; `panels` holds x's ⌈m/16⌉·k lines,
+        // `w[c0·k..]` holds `rows × k`, and each task adds only to its own columns
+        // `c0..c0 + rows` of `y`.
+        let (xp, wc) = (panels.as_ptr(), w.as_ptr());
+        unsafe { blocked::x_wt(xp, m, wc.add(c0 * k), rows, k, out.at(c0), n) }
+    });
+    true
+}
+
+/// `g · W` with the blocked kernels when [`blocks`]`(m)`; `g` is `m × n`, `w` is `n × k`.
+#[cfg(target_arch = "x86_64")]
+fn blocked_g_w(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<f32>> {
+    if !blocks(m) {
+        return None;
+    }
+    let mut gx = vec![0f32; m * k];
+    let out = SendPtr(gx.as_mut_ptr());
+    // Two ranges of gx's columns per thread, each a whole number of strips.
+    let tasks = 2 * rayon::current_num_threads().max(1);
+    let per = k.div_ceil(tasks).next_multiple_of(blocked::STRIP);
+    par_ranges(k, per, |j0, cols| {
+        // SAFETY: `blocks(m)` checked `available()`; `g` is `m × n`, `w` is `n × k`, `gx` is
+        // `m × k`, and each task adds only to its own columns `j0..j0 + cols` of `gx`.
+        unsafe { blocked::g_w(g.as_ptr(), m, w.as_ptr(), n, k, (j0, j0 + cols), out.at(0)) }
+    });
+    Some(gx)
+}
+
+/// `task(start, len)` in parallel for each range of `per` (the last one shorter) in `0..total`.
+#[cfg(target_arch = "x86_64")]
+fn par_ranges(total: usize, per: usize, task: impl Fn(usize, usize) + Sync + Send) {
+    (0..total.div_ceil(per)).into_par_iter().for_each(|index| {
+        let start = index * per;
+        task(start, per.min(total - start));
+    });
+}
+
+/// Without the kernels, nothing is blocked.
+#[cfg(not(target_arch = "x86_64"))]
+fn blocked_x_wt(_: &[f32], _: usize, _: &[f32], _: usize, _: usize, _: &mut [f32]) -> bool {
+    false
+}
+
+/// Without the kernels, nothing is blocked.
+#[cfg(not(target_arch = "x86_64"))]
+fn blocked_g_w(_: &[f32], _: usize, _: &[f32], _: usize, _: usize) -> Option<Vec<f32>> {
+    None
 }

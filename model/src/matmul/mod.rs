@@ -1,32 +1,53 @@
 //! `x · Wᵀ + b`: the linear layers and the tied head, with `W` in PyTorch's `[out, in]` layout.
 //!
 //! On the flex backend the product is this module's own operation, plain and under autodiff
-//! (its backward step gives the input gradient `g · W`; weights and biases get none):
-//! - 2 ..= [`MAX_FEW_ROWS`] rows, on x86-64 CPUs with AVX2 and FMA: [`avx2`]'s streaming
-//!   kernels, which read each weight once. A general matmul packs `W` into blocks before it
-//!   multiplies, which for a handful of rows costs more than the product: at 8 tokens the
-//!   weights would be read about three times.
-//! - any other count of two rows or more: gemm, into a buffer allocated here with the bias
-//!   already in it (see `flex.rs` for why not flex's own matmul).
+//! (its backward step gives the input gradient `g · W`; weights and biases get none). On
+//! x86-64 CPUs with AVX2 and FMA:
+//! - 2 ..= [`MAX_FEW_ROWS`] rows: [`avx2`]'s streaming kernels, which read each weight once
+//!   and keep the few rows in registers and L1.
+//! - up to [`MAX_BLOCKED_ROWS`] rows: [`blocked`]'s kernels, which read `W` where it lies and
+//!   multiply while they read it. A general matmul first packs `W` into its own layout, which
+//!   at a few dozen rows costs a fifth of the product and keeps the memory traffic and the
+//!   arithmetic apart: at 64 rows these kernels run the 1.5B model's products at 170-200
+//!   GFLOP/s on a 2-core Zen 4, gemm at 115-170.
+//! - more rows, or no AVX2: gemm, into a buffer allocated here with the bias already in it
+//!   (see `flex.rs` for why not flex's own matmul).
 //!
 //! One row, weights that need a gradient, and every other backend take the backend's matmul
 //! with `Wᵀ` as a transposed view.
 
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod avx2;
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod blocked;
 #[cfg(feature = "flex")]
 mod flex;
 
 use burn::tensor::{backend::Backend, Tensor};
 
-/// The most rows a product may have to take the streaming kernels: at 64 rows gemm is as
-/// fast (it is then bound by arithmetic, not by reading the weights).
-pub const MAX_FEW_ROWS: usize = 32;
+/// The most rows a product may have to take the streaming kernels: from 8 rows on the
+/// blocked kernels are as fast or faster.
+pub const MAX_FEW_ROWS: usize = 7;
+
+/// The most rows a product may have to take the blocked kernels: from 128 rows on gemm's
+/// packing pays for itself and its backward is faster.
+pub const MAX_BLOCKED_ROWS: usize = 96;
 
 /// Whether a product with `m` rows takes the streaming kernels on this CPU (on flex).
 pub fn streams(m: usize) -> bool {
     #[cfg(feature = "flex")]
     return flex::streams(m);
+    #[allow(unreachable_code)]
+    {
+        let _ = m;
+        false
+    }
+}
+
+/// Whether a product with `m` rows takes the blocked kernels on this CPU (on flex).
+pub fn blocks(m: usize) -> bool {
+    #[cfg(feature = "flex")]
+    return flex::blocks(m);
     #[allow(unreachable_code)]
     {
         let _ = m;
