@@ -14,6 +14,7 @@ use crate::error::ModelError;
 use crate::load::{Loader, WeightSource};
 use crate::probe::{Probe, Site};
 use crate::rope::Rope;
+use std::ops::Range;
 
 /// The base model, from token ids to the normed residual stream.
 #[derive(Module, Debug)]
@@ -181,23 +182,40 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     /// - `residual`: `[batch, n, hidden]` → `[batch, n, vocab]`
     pub fn unembed(&self, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let normed = self.model.norm.forward(residual);
+        let [batch, seq, hidden] = normed.dims();
+        let logits = self.head_rows(normed.reshape([batch * seq, hidden]), 0..self.vocab());
+        logits.reshape([batch, seq, self.vocab()])
+    }
+
+    /// Rows of the LM head's output for the vocabulary entries `ids` only: the logit lens
+    /// reads the whole vocabulary a slice at a time, so that no `[rows, vocab]` buffer (35 MB
+    /// for 57 rows of Qwen2.5) is allocated and first touched at once.
+    ///
+    /// # Shapes
+    /// - `normed`: `[n, hidden]` (after the final norm) → `[n, ids.len()]`
+    pub fn head_rows(&self, normed: Tensor<B, 2>, ids: Range<usize>) -> Tensor<B, 2> {
+        let slice = |weight: Tensor<B, 2>| match ids.len() == weight.dims()[0] {
+            true => weight,
+            false => weight.narrow(0, ids.start, ids.len()),
+        };
         match &self.lm_head {
-            Some(head) => head.forward(normed),
+            Some(head) => crate::matmul::linear(normed, slice(head.weight.val()), None),
             None => {
                 // Tied head: logits = h · Eᵀ with E the `[vocab, hidden]` embedding, computed
                 // as (E · hᵀ)ᵀ so that E is read in place: a transposed view of the whole table
                 // would be copied (hundreds of MB) on every call by some backends.
-                let [batch, seq, hidden] = normed.dims();
-                let table = self.model.embed_tokens.weight.val();
-                let vocab = table.dims()[0];
-                let rows = normed.reshape([batch * seq, hidden]);
-                let logits = match crate::matmul::try_linear(rows, table, None) {
+                let table = slice(self.model.embed_tokens.weight.val());
+                match crate::matmul::try_linear(normed, table, None) {
                     Ok(logits) => logits,
                     Err((rows, table, _)) => table.matmul(rows.transpose()).transpose(),
-                };
-                logits.reshape([batch, seq, vocab])
+                }
             }
         }
+    }
+
+    /// Entries in the vocabulary (rows of the LM head).
+    pub fn vocab(&self) -> usize {
+        self.model.embed_tokens.weight.dims()[0]
     }
 }
 

@@ -32,14 +32,34 @@ pub fn input_site(node: Site) -> Option<Site> {
 /// The display id of the logits node.
 pub const LOGITS: &str = "logits";
 
-/// `Σ_d a[p, d] · g[p, d]` for every position of `[seq, width]` data.
+/// `Σ_d a[p, d] · g[p, d]` for every position of `[seq, width]` data, in f64.
 pub fn dot_per_position(activation: &[f32], grad: &[f32], seq: usize) -> Vec<f64> {
     let width = activation.len() / seq;
     activation
         .chunks_exact(width)
         .zip(grad.chunks_exact(width))
-        .map(|(a, g)| a.iter().zip(g).map(|(&a, &g)| a as f64 * g as f64).sum())
+        .map(|(a, g)| dot(a, g))
         .collect()
+}
+
+/// `Σ a[d] · g[d]` in f64, over eight running sums so that the additions do not wait on each
+/// other (one running sum made the 1,653 edges of a 64-token graph take 70 ms).
+fn dot(a: &[f32], g: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut sums = [0f64; LANES];
+    let (a8, g8) = (a.chunks_exact(LANES), g.chunks_exact(LANES));
+    let tail: f64 = a8
+        .remainder()
+        .iter()
+        .zip(g8.remainder())
+        .map(|(&a, &g)| a as f64 * g as f64)
+        .sum();
+    for (a, g) in a8.zip(g8) {
+        for lane in 0..LANES {
+            sums[lane] += a[lane] as f64 * g[lane] as f64;
+        }
+    }
+    sums.iter().sum::<f64>() + tail
 }
 
 /// Every edge of the residual-stream DAG, from the activations of the nodes (in pathway
@@ -109,6 +129,27 @@ pub fn residual_edges<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_products_in_eight_running_sums_equal_one_running_sum() {
+        for width in [1, 5, 8, 19, 1536] {
+            let a: Vec<f32> = (0..2 * width).map(|i| (i as f32 * 0.37).sin()).collect();
+            let g: Vec<f32> = (0..2 * width).map(|i| (i as f32 * 0.11).cos()).collect();
+            let got = dot_per_position(&a, &g, 2);
+            for (p, got) in got.iter().enumerate() {
+                let range = p * width..(p + 1) * width;
+                let want: f64 = a[range.clone()]
+                    .iter()
+                    .zip(&g[range])
+                    .map(|(&a, &g)| a as f64 * g as f64)
+                    .sum();
+                assert!(
+                    (got - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                    "{width}: {got} {want}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_two_layer_model_has_every_upstream_edge() {

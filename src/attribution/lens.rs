@@ -32,25 +32,58 @@ pub fn running_sums(rows: &[&[f32]]) -> Vec<Vec<f32>> {
 /// Rank, logit and top five of `target` in one row of logits, in one pass (ties: the lower id
 /// first).
 pub fn read(after: String, logits: &[f32], target: u32) -> LensEntry {
+    let mut row = LensRow::new(logits[target as usize]);
+    row.add(0, logits);
+    row.finish(after)
+}
+
+/// [`read`] over a row of logits that arrives in slices of the vocabulary, in any order, once
+/// the target's own logit is known.
+#[derive(Debug, Clone)]
+pub struct LensRow {
+    target_logit: f32,
+    above: usize,
+    top: Vec<(u32, f32)>,
+}
+
+impl LensRow {
+    /// The five highest kept.
     const K: usize = 5;
-    let target_logit = logits[target as usize];
-    let mut target_rank = 1;
-    let mut top: Vec<(u32, f32)> = Vec::with_capacity(K + 1);
-    for (i, &l) in logits.iter().enumerate() {
-        if l > target_logit {
-            target_rank += 1;
-        }
-        if top.len() < K || l > top[top.len() - 1].1 {
-            let at = top.iter().position(|&(_, t)| t < l).unwrap_or(top.len());
-            top.insert(at, (i as u32, l));
-            top.truncate(K);
+
+    /// An empty row for a target whose logit is `target_logit`.
+    pub fn new(target_logit: f32) -> Self {
+        Self {
+            target_logit,
+            above: 0,
+            top: Vec::with_capacity(Self::K + 1),
         }
     }
-    LensEntry {
-        after,
-        target_rank,
-        target_logit,
-        top,
+
+    /// The logits of ids `first, first + 1, …`.
+    pub fn add(&mut self, first: u32, logits: &[f32]) {
+        for (id, &l) in (first..).zip(logits) {
+            if l > self.target_logit {
+                self.above += 1;
+            }
+            let top = &mut self.top;
+            // Whether (id, l) ranks before an entry: a higher logit, or a tie and a lower id.
+            let before = |&(i, t): &(u32, f32)| t < l || (t == l && i > id);
+            if top.len() < Self::K || before(&top[top.len() - 1]) {
+                let at = top.iter().position(before).unwrap_or(top.len());
+                top.insert(at, (id, l));
+                top.truncate(Self::K);
+            }
+        }
+    }
+
+    /// The entry for the node `after`.
+    pub fn finish(self, after: String) -> LensEntry {
+        LensEntry {
+            after,
+            target_rank: self.above + 1,
+            target_logit: self.target_logit,
+            top: self.top,
+        }
     }
 }
 
@@ -72,5 +105,23 @@ mod tests {
         let e = read("x".into(), &[1.0, 2.0, 2.0, 1.0], 3);
         assert_eq!(e.target_rank, 3);
         assert_eq!(e.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 0, 3]);
+    }
+
+    #[test]
+    fn a_row_read_in_slices_in_any_order_equals_one_read() {
+        let logits: Vec<f32> = (0..40).map(|i| ((i * 7) % 11) as f32 - 3.0).collect();
+        for target in [0, 13, 39] {
+            let whole = read("x".into(), &logits, target);
+            // Slices of 9, the target's first, then the rest backwards: ties (many here) must
+            // still keep the lower id first.
+            let slices: Vec<(usize, &[f32])> = logits.chunks(9).enumerate().collect();
+            let first = target as usize / 9;
+            let mut row = LensRow::new(logits[target as usize]);
+            row.add((first * 9) as u32, slices[first].1);
+            for &(i, slice) in slices.iter().rev().filter(|(i, _)| *i != first) {
+                row.add((i * 9) as u32, slice);
+            }
+            assert_eq!(row.finish("x".into()), whole, "target {target}");
+        }
     }
 }

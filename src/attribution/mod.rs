@@ -554,7 +554,13 @@ fn pruned_faithfulness<B: Backend>(
     circuit::faithfulness(clean, replaced, &all, &circuit)
 }
 
-/// The final norm and LM head on the residual stream after each node, at `position`.
+/// Vocabulary entries per slice of the logit lens's product: 57 rows of logits for 16,384
+/// entries are 3.7 MB, reused from one slice to the next.
+const LENS_SLICE: usize = 1 << 14;
+
+/// The final norm and LM head on the residual stream after each node, at `position`; the
+/// vocabulary is read a slice at a time, the target's slice first (its logit decides the
+/// ranks).
 fn logit_lens<B: Backend>(
     model: &Qwen2ForCausalLM<Autodiff<B>>,
     nodes: &[(Site, &[f32])],
@@ -563,7 +569,7 @@ fn logit_lens<B: Backend>(
     target_id: u32,
 ) -> Result<Vec<LensEntry>, ModelError> {
     let hidden = model.config.hidden_size;
-    let vocab = model.config.vocab_size;
+    let vocab = model.vocab();
     let rows: Vec<&[f32]> = nodes
         .iter()
         .map(|(_, a)| &a[position * hidden..(position + 1) * hidden])
@@ -576,11 +582,35 @@ fn logit_lens<B: Backend>(
         TensorData::new(flat, [1, sums.len(), hidden]),
         &device,
     );
-    let logits = to_vec(model.unembed(residual).inner())?;
+    let normed = model
+        .model
+        .norm
+        .forward(residual)
+        .reshape([sums.len(), hidden]);
+    let target = target_id as usize;
+    let first = target / LENS_SLICE;
+    let order =
+        std::iter::once(first).chain((0..vocab.div_ceil(LENS_SLICE)).filter(|&s| s != first));
+    let mut read: Vec<lens::LensRow> = Vec::new();
+    for slice in order {
+        let ids = slice * LENS_SLICE..((slice + 1) * LENS_SLICE).min(vocab);
+        let logits = to_vec(model.head_rows(normed.clone(), ids.clone()).inner())?;
+        let logits = logits.chunks_exact(ids.len());
+        if read.is_empty() {
+            let at = target - ids.start;
+            read = logits
+                .clone()
+                .map(|row| lens::LensRow::new(row[at]))
+                .collect();
+        }
+        for (row, logits) in read.iter_mut().zip(logits) {
+            row.add(ids.start as u32, logits);
+        }
+    }
     Ok(nodes
         .iter()
-        .zip(logits.chunks_exact(vocab))
-        .map(|((site, _), row)| lens::read(site.to_string(), row, target_id))
+        .zip(read)
+        .map(|((site, _), row)| row.finish(site.to_string()))
         .collect())
 }
 

@@ -29,6 +29,8 @@ const G_ROWS: usize = 6;
 pub const STRIP: usize = 16;
 /// Rows of `W` per block in `g · W`: one strip of the block is 16 KiB, half of L1.
 const W_BLOCK: usize = 256;
+/// How far ahead (floats) the first panel of `x · Wᵀ` prefetches each row of `W`.
+const AHEAD: usize = 1024;
 /// Floats of one panel block in `x · Wᵀ` kept in L2 across a block of `W`'s rows.
 const PANEL_FLOATS: usize = 1 << 17;
 
@@ -62,9 +64,11 @@ pub fn depth(m: usize, k: usize) -> usize {
     (PANEL_FLOATS / padded).max(256).min(k.max(1))
 }
 
-/// `y[r·ys + c] += Σ_{p < kc} xp[p].0[r] · w[c·ws + p]` for `r < rows`, `c < NR`.
+/// `y[r·ys + c] += Σ_{p < kc} xp[p].0[r] · w[c·ws + p]` for `r < rows`, `c < NR`; with
+/// `FIRST` (the first panel, which reads these rows of `W` from memory), also asks for each
+/// row's floats [`AHEAD`] further on.
 #[inline(always)]
-unsafe fn x_wt_tile<const NR: usize>(
+unsafe fn x_wt_tile<const NR: usize, const FIRST: bool>(
     xp: *const Line,
     w: *const f32,
     ws: usize,
@@ -75,14 +79,23 @@ unsafe fn x_wt_tile<const NR: usize>(
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; NR];
     let x = xp as *const f32;
-    for p in 0..kc {
-        let a0 = _mm256_load_ps(x.add(p * PANEL));
-        let a1 = _mm256_load_ps(x.add(p * PANEL + 8));
-        for c in 0..NR {
-            let b = _mm256_broadcast_ss(&*w.add(c * ws + p));
-            acc[c][0] = _mm256_fmadd_ps(a0, b, acc[c][0]);
-            acc[c][1] = _mm256_fmadd_ps(a1, b, acc[c][1]);
+    let mut p0 = 0;
+    while p0 < kc {
+        if FIRST {
+            for c in 0..NR {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c * ws + p0 + AHEAD) as *const i8);
+            }
         }
+        for p in p0..(p0 + PANEL).min(kc) {
+            let a0 = _mm256_load_ps(x.add(p * PANEL));
+            let a1 = _mm256_load_ps(x.add(p * PANEL + 8));
+            for c in 0..NR {
+                let b = _mm256_broadcast_ss(&*w.add(c * ws + p));
+                acc[c][0] = _mm256_fmadd_ps(a0, b, acc[c][0]);
+                acc[c][1] = _mm256_fmadd_ps(a1, b, acc[c][1]);
+            }
+        }
+        p0 += PANEL;
     }
     let mut column = [0f32; PANEL];
     for c in 0..NR {
@@ -122,13 +135,22 @@ pub unsafe fn x_wt(
                 let xr = xp.add(r / PANEL * k + k0);
                 let yr = y.add(r * ys + c);
                 let rows = PANEL.min(m - r);
-                match n - c {
-                    1 => x_wt_tile::<1>(xr, wc, k, kk, yr, ys, rows),
-                    2 => x_wt_tile::<2>(xr, wc, k, kk, yr, ys, rows),
-                    3 => x_wt_tile::<3>(xr, wc, k, kk, yr, ys, rows),
-                    4 => x_wt_tile::<4>(xr, wc, k, kk, yr, ys, rows),
-                    5 => x_wt_tile::<5>(xr, wc, k, kk, yr, ys, rows),
-                    _ => x_wt_tile::<W_ROWS>(xr, wc, k, kk, yr, ys, rows),
+                macro_rules! tile {
+                    ($first:literal) => {
+                        match n - c {
+                            1 => x_wt_tile::<1, $first>(xr, wc, k, kk, yr, ys, rows),
+                            2 => x_wt_tile::<2, $first>(xr, wc, k, kk, yr, ys, rows),
+                            3 => x_wt_tile::<3, $first>(xr, wc, k, kk, yr, ys, rows),
+                            4 => x_wt_tile::<4, $first>(xr, wc, k, kk, yr, ys, rows),
+                            5 => x_wt_tile::<5, $first>(xr, wc, k, kk, yr, ys, rows),
+                            _ => x_wt_tile::<W_ROWS, $first>(xr, wc, k, kk, yr, ys, rows),
+                        }
+                    };
+                }
+                if r == 0 {
+                    tile!(true)
+                } else {
+                    tile!(false)
                 }
                 r += PANEL;
             }
