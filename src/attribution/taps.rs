@@ -52,7 +52,11 @@ impl<B: AutodiffBackend> Probe<B> for Taps<B> {
         if self.filter.is_some_and(|keep| !keep(site)) {
             return x;
         }
-        let zero = Tensor::<B, 3>::zeros(x.dims(), &x.device()).require_grad();
+        // One zero seen at every index (a broadcast view): its value is never read for more
+        // than "zero", and a full-size buffer per tap (hundreds of them) would be written and
+        // first touched for nothing.
+        let one = Tensor::<B::InnerBackend, 3>::zeros([1, 1, 1], &x.device());
+        let zero = Tensor::<B, 3>::from_inner(one.expand(x.dims())).require_grad();
         self.taps.push(Tap {
             site,
             activation: x.clone().inner(),
