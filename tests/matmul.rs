@@ -67,6 +67,7 @@ fn assert_close(got: &[f32], want: &[f64], scale: &[f64], label: &str) {
 /// and without a tail, more than one block of 256 rows of W (backward) and more than one
 /// pass over `k` (96 rows, forward); and gemm on either side of them.
 const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 9, 20),
     (2, 1, 8),
     (3, 5, 13),
     (4, 7, 16),
@@ -109,7 +110,7 @@ fn forward_equals_the_f64_product() {
 
 #[test]
 fn the_kernels_take_the_products_they_are_for() {
-    for m in [2, 5, MAX_FEW_ROWS] {
+    for m in [1, 2, 5, MAX_FEW_ROWS] {
         assert_eq!(streams(m), cpu_has_kernels(), "{m} rows");
         assert!(!blocks(m), "{m} rows");
     }
@@ -117,19 +118,50 @@ fn the_kernels_take_the_products_they_are_for() {
         assert_eq!(blocks(m), cpu_has_kernels(), "{m} rows");
         assert!(!streams(m), "{m} rows");
     }
-    // One row (a matrix-vector product, where the backend's kernel is as fast) takes neither,
-    // nor do more than MAX_BLOCKED_ROWS rows (gemm); from two rows on, flex takes its own
-    // product.
-    for m in [1, MAX_BLOCKED_ROWS + 1, 512] {
+    // More than MAX_BLOCKED_ROWS rows take gemm; from two rows on flex takes its own product,
+    // and one row too where the streaming kernels run (else flex's matrix-vector product).
+    for m in [MAX_BLOCKED_ROWS + 1, 512] {
         assert!(!streams(m) && !blocks(m), "{m} rows");
     }
     let taken = |m: usize| {
         let (x, w) = (values(m * 16, 1), values(5 * 16, 2));
         try_linear(tensor::<Flex>(&x, m, 16), tensor::<Flex>(&w, 5, 16), None).is_ok()
     };
-    assert!(!taken(1));
+    assert_eq!(taken(1), cpu_has_kernels());
     for m in [2, MAX_FEW_ROWS, MAX_FEW_ROWS + 1, MAX_BLOCKED_ROWS + 1, 200] {
         assert!(taken(m), "{m} rows");
+    }
+}
+
+#[test]
+fn a_gradient_with_zero_columns_reads_only_the_other_rows_of_w() {
+    // The LM head at one position under a logit target (one-hot), or a logit difference
+    // (two entries); rows of g on the streaming kernels' 4-row blocks' edges and inside them.
+    type B = Autodiff<Flex>;
+    let (n, k) = (23, 40);
+    let w = values(n * k, 9);
+    for (m, hot) in [
+        (1, vec![(0, 0)]),
+        (1, vec![(0, 22)]),
+        (3, vec![(0, 5), (2, 17)]),
+    ] {
+        let x = values(m * k, 10);
+        let xa = tensor::<B>(&x, m, k).require_grad();
+        let y = linear(xa.clone(), tensor::<B>(&w, n, k), None);
+        let mut r = vec![0f32; m * n];
+        for &(a, c) in &hot {
+            r[a * n + c] = if c % 2 == 0 { 1.0 } else { -2.5 };
+        }
+        let got = host(
+            xa.grad(&(y * tensor::<B>(&r, m, n)).sum().backward())
+                .unwrap(),
+        );
+        for a in 0..m {
+            for p in 0..k {
+                let want: f32 = (0..n).map(|c| r[a * n + c] * w[c * k + p]).sum();
+                assert_eq!(got[a * k + p], want, "m={m} row {a} column {p} ({hot:?})");
+            }
+        }
     }
 }
 

@@ -190,12 +190,19 @@ pub unsafe fn g_w(
 ) {
     let mut c = 0;
     while c < n {
+        // Rows of W whose coefficients are all zero add nothing: under a logit target the LM
+        // head's output gradient is one-hot, and its input gradient one row of the table.
+        let rows = (n - c).min(4);
+        if (0..m).all(|a| (0..rows).all(|j| *g.add(a * gs + c + j) == 0.0)) {
+            c += rows;
+            continue;
+        }
         match n - c {
             1 => axpy_rows::<1>(g.add(c), gs, m, w.add(c * k), k, gx),
             2 => axpy_rows::<2>(g.add(c), gs, m, w.add(c * k), k, gx),
             3 => axpy_rows::<3>(g.add(c), gs, m, w.add(c * k), k, gx),
             _ => axpy_rows::<4>(g.add(c), gs, m, w.add(c * k), k, gx),
         }
-        c += (n - c).min(4);
+        c += rows;
     }
 }

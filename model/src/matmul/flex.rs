@@ -59,7 +59,7 @@ pub(super) fn try_linear<B: Backend>(
 /// Whether a product with `m` rows takes the streaming kernels.
 pub(super) fn streams(m: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return (2..=MAX_FEW_ROWS).contains(&m) && avx2::available();
+    return (1..=MAX_FEW_ROWS).contains(&m) && avx2::available();
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (m, MAX_FEW_ROWS);
@@ -82,7 +82,8 @@ impl FlexOp<1> for XWt {
     fn forward(&self, [x]: [&FlexTensor; 1]) -> Option<(FlexTensor, ())> {
         let (w, n, k) = weight_rows(&self.weight)?;
         let (m, kx) = f32_matrix(x)?;
-        if kx != k || m < 2 || n == 0 || k == 0 {
+        // One row without the streaming kernels: flex's own matrix-vector product.
+        if kx != k || m == 0 || (m == 1 && !streams(1)) || n == 0 || k == 0 {
             return None;
         }
         let x = dense(x)?;

@@ -3,18 +3,21 @@
 //! On the flex backend the product is this module's own operation, plain and under autodiff
 //! (its backward step gives the input gradient `g · W`; weights and biases get none). On
 //! x86-64 CPUs with AVX2 and FMA:
-//! - 2 ..= [`MAX_FEW_ROWS`] rows: [`avx2`]'s streaming kernels, which read each weight once
-//!   and keep the few rows in registers and L1.
+//! - 1 ..= [`MAX_FEW_ROWS`] rows: [`avx2`]'s streaming kernels, which read each weight once
+//!   and keep the few rows in registers and L1. Their input gradient skips the rows of `W`
+//!   whose coefficients are all zero: the LM head at the target position (one row) under a
+//!   logit target gets a one-hot gradient, so its backward step reads one row of the table
+//!   instead of all of it.
 //! - up to [`MAX_BLOCKED_ROWS`] rows: [`blocked`]'s kernels, which read `W` where it lies and
 //!   multiply while they read it. A general matmul first packs `W` into its own layout, which
 //!   at a few dozen rows costs a fifth of the product and keeps the memory traffic and the
 //!   arithmetic apart: at 64 rows these kernels run the 1.5B model's products at 170-200
 //!   GFLOP/s on a 2-core Zen 4, gemm at 115-170.
-//! - more rows, or no AVX2: gemm, into a buffer allocated here with the bias already in it
-//!   (see `flex.rs` for why not flex's own matmul).
+//! - more rows, or two or more without AVX2: gemm, into a buffer allocated here with the bias
+//!   already in it (see `flex.rs` for why not flex's own matmul).
 //!
-//! One row, weights that need a gradient, and every other backend take the backend's matmul
-//! with `Wᵀ` as a transposed view.
+//! One row without AVX2, weights that need a gradient, and every other backend take the
+//! backend's matmul with `Wᵀ` as a transposed view.
 
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod avx2;
