@@ -1,16 +1,19 @@
 //! AVX2 + FMA kernels for `x · Wᵀ` and `g · W` at a few dozen rows, reading `W` where it lies.
 //!
-//! At 33 to 64 rows a general matmul spends a fifth of its time packing `W` into its own
-//! layout, and packs before it multiplies, so reading the weights from memory and the
+//! At 8 to 96 rows a general matmul spends up to a fifth of its time packing `W` into its
+//! own layout, and packs before it multiplies, so reading the weights from memory and the
 //! arithmetic do not overlap. These kernels read `W` (`[n, k]`, contiguous) in place and
 //! keep the few rows of `x` or `g`, which are small, in cache:
 //! - `x · Wᵀ`: `x` is copied once into panels of 16 rows laid out column by column; a
 //!   16 × 6 tile of the output keeps its 12 accumulators in registers while six rows of `W`
 //!   are broadcast one column at a time. Each block of six rows is read from memory for the
-//!   first panel and from cache for the others.
-//! - `g · W`: a 6 × 16 tile of the input gradient broadcasts six rows of `g` against
-//!   16 contiguous columns of a block of `W`'s rows; the block's strip stays in L1 for all
-//!   panels, and the first panel prefetches the strip after next.
+//!   first panel and from cache for the others (the six rows are six sequential streams,
+//!   which the hardware prefetches; explicit prefetching measured no faster).
+//! - `g · W`: a 6 × 16 tile of the input gradient broadcasts six rows of `g` against a strip
+//!   of 16 columns of a block of 256 rows of `W`. Those rows lie `k` floats apart and share
+//!   a handful of cache sets, so the first tile copies the strip onto consecutive lines (16
+//!   KiB, in L1) for the others, and prefetches the strip after next (without both, 25%
+//!   slower at 64 rows).
 //!
 //! The kernels are `unsafe`: callers check that the CPU has AVX2 and FMA and that every
 //! pointer covers the rows and columns it is given.
@@ -29,8 +32,6 @@ const G_ROWS: usize = 6;
 pub const STRIP: usize = 16;
 /// Rows of `W` per block in `g · W`: one strip of the block is 16 KiB, half of L1.
 const W_BLOCK: usize = 256;
-/// How far ahead (floats) the first panel of `x · Wᵀ` prefetches each row of `W`.
-const AHEAD: usize = 1024;
 /// Floats of one panel block in `x · Wᵀ` kept in L2 across a block of `W`'s rows.
 const PANEL_FLOATS: usize = 1 << 17;
 
@@ -64,11 +65,9 @@ pub fn depth(m: usize, k: usize) -> usize {
     (PANEL_FLOATS / padded).max(256).min(k.max(1))
 }
 
-/// `y[r·ys + c] += Σ_{p < kc} xp[p].0[r] · w[c·ws + p]` for `r < rows`, `c < NR`; with
-/// `FIRST` (the first panel, which reads these rows of `W` from memory), also asks for each
-/// row's floats [`AHEAD`] further on.
+/// `y[r·ys + c] += Σ_{p < kc} xp[p].0[r] · w[c·ws + p]` for `r < rows`, `c < NR`.
 #[inline(always)]
-unsafe fn x_wt_tile<const NR: usize, const FIRST: bool>(
+unsafe fn x_wt_tile<const NR: usize>(
     xp: *const Line,
     w: *const f32,
     ws: usize,
@@ -79,23 +78,14 @@ unsafe fn x_wt_tile<const NR: usize, const FIRST: bool>(
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; NR];
     let x = xp as *const f32;
-    let mut p0 = 0;
-    while p0 < kc {
-        if FIRST {
-            for c in 0..NR {
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c * ws + p0 + AHEAD) as *const i8);
-            }
+    for p in 0..kc {
+        let a0 = _mm256_load_ps(x.add(p * PANEL));
+        let a1 = _mm256_load_ps(x.add(p * PANEL + 8));
+        for c in 0..NR {
+            let b = _mm256_broadcast_ss(&*w.add(c * ws + p));
+            acc[c][0] = _mm256_fmadd_ps(a0, b, acc[c][0]);
+            acc[c][1] = _mm256_fmadd_ps(a1, b, acc[c][1]);
         }
-        for p in p0..(p0 + PANEL).min(kc) {
-            let a0 = _mm256_load_ps(x.add(p * PANEL));
-            let a1 = _mm256_load_ps(x.add(p * PANEL + 8));
-            for c in 0..NR {
-                let b = _mm256_broadcast_ss(&*w.add(c * ws + p));
-                acc[c][0] = _mm256_fmadd_ps(a0, b, acc[c][0]);
-                acc[c][1] = _mm256_fmadd_ps(a1, b, acc[c][1]);
-            }
-        }
-        p0 += PANEL;
     }
     let mut column = [0f32; PANEL];
     for c in 0..NR {
@@ -135,22 +125,13 @@ pub unsafe fn x_wt(
                 let xr = xp.add(r / PANEL * k + k0);
                 let yr = y.add(r * ys + c);
                 let rows = PANEL.min(m - r);
-                macro_rules! tile {
-                    ($first:literal) => {
-                        match n - c {
-                            1 => x_wt_tile::<1, $first>(xr, wc, k, kk, yr, ys, rows),
-                            2 => x_wt_tile::<2, $first>(xr, wc, k, kk, yr, ys, rows),
-                            3 => x_wt_tile::<3, $first>(xr, wc, k, kk, yr, ys, rows),
-                            4 => x_wt_tile::<4, $first>(xr, wc, k, kk, yr, ys, rows),
-                            5 => x_wt_tile::<5, $first>(xr, wc, k, kk, yr, ys, rows),
-                            _ => x_wt_tile::<W_ROWS, $first>(xr, wc, k, kk, yr, ys, rows),
-                        }
-                    };
-                }
-                if r == 0 {
-                    tile!(true)
-                } else {
-                    tile!(false)
+                match n - c {
+                    1 => x_wt_tile::<1>(xr, wc, k, kk, yr, ys, rows),
+                    2 => x_wt_tile::<2>(xr, wc, k, kk, yr, ys, rows),
+                    3 => x_wt_tile::<3>(xr, wc, k, kk, yr, ys, rows),
+                    4 => x_wt_tile::<4>(xr, wc, k, kk, yr, ys, rows),
+                    5 => x_wt_tile::<5>(xr, wc, k, kk, yr, ys, rows),
+                    _ => x_wt_tile::<W_ROWS>(xr, wc, k, kk, yr, ys, rows),
                 }
                 r += PANEL;
             }
