@@ -12,7 +12,7 @@
 //! - `g · W`: a 6 × 16 tile of the input gradient broadcasts six rows of `g` against a strip
 //!   of 16 columns of a block of 256 rows of `W`. Those rows lie `k` floats apart and share
 //!   a handful of cache sets, so the first tile copies the strip onto consecutive lines (16
-//!   KiB, in L1) for the others, and prefetches the strip after next (without both, 25%
+//!   KiB, in L1) for the others, and prefetches the strip after next (without both, about 20%
 //!   slower at 64 rows).
 //!
 //! The kernels are `unsafe`: callers check that the CPU has AVX2 and FMA and that every
