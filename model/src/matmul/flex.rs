@@ -1,9 +1,10 @@
 //! `x · Wᵀ + b` on burn's flex backend, plain and under autodiff, as a [`FlexOp`] whose
 //! backward step gives the input gradient `g · W` (the weight and bias are constants).
 //!
-//! Products with 2 ..= `MAX_FEW_ROWS` rows take the streaming kernels on CPUs that have them;
-//! all others call gemm (the crate flex's own matmul uses) into a buffer allocated here, with
-//! the bias written into it first. flex's matmul allocates its output through a path that
+//! On CPUs that have them, products with 1 ..= `MAX_FEW_ROWS` rows take the streaming kernels
+//! and up to `MAX_BLOCKED_ROWS` the blocked ones; all others call gemm (the crate flex's own
+//! matmul uses). The output is a buffer allocated here, with the bias written into it first
+//! where the kernel adds to it. flex's matmul allocates its output through a path that
 //! copies a zeroed buffer on the calling thread, which at 512 tokens cost more than a third of
 //! the forward pass (every page of every product first touched by one thread).
 
