@@ -89,15 +89,19 @@ impl FlexOp<1> for XWt {
         }
         let x = dense(x)?;
         let x = elems(&x);
-        let mut y = vec![0f32; m * n];
         let bias = self.bias.as_ref().map(elems);
+        // The blocked kernels add to y: without a bias to write first, zeros written.
+        let mut y = match bias.is_none() && blocks(m) {
+            true => written_zeros(m * n),
+            false => vec![0f32; m * n],
+        };
         if stream_x_wt(x, m, w, n, k, &mut y) {
             if let Some(b) = bias {
                 y.par_chunks_mut(n)
                     .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
             }
         } else {
-            // The blocked kernels and gemm add to what is there: the bias.
+            // The blocked kernels and gemm add to what is there: the bias, or zeros.
             if let Some(b) = bias {
                 y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
             }
@@ -301,7 +305,7 @@ fn blocked_g_w(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec
     if !blocks(m) {
         return None;
     }
-    let mut gx = vec![0f32; m * k];
+    let mut gx = written_zeros(m * k);
     let out = SendPtr(gx.as_mut_ptr());
     // Two ranges of gx's columns per thread, each a whole number of strips.
     let tasks = 2 * rayon::current_num_threads().max(1);
@@ -312,6 +316,18 @@ fn blocked_g_w(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec
         unsafe { blocked::g_w(g.as_ptr(), m, w.as_ptr(), n, k, (j0, j0 + cols), out.at(0)) }
     });
     Some(gx)
+}
+
+/// `len` zeros, written by all threads. A fresh `vec![0.0; len]` maps the kernel's shared zero
+/// page, so a kernel that adds to it (reads, then writes) takes two faults per page, the
+/// second a copy-on-write that interrupts the other cores to flush their TLBs.
+fn written_zeros(len: usize) -> Vec<f32> {
+    let mut zeros = Vec::with_capacity(len);
+    (0..len)
+        .into_par_iter()
+        .map(|_| 0f32)
+        .collect_into_vec(&mut zeros);
+    zeros
 }
 
 /// `task(start, len)` in parallel for each range of `per` (the last one shorter) in `0..total`.
