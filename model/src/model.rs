@@ -183,8 +183,9 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     pub fn unembed(&self, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let normed = self.model.norm.forward(residual);
         let [batch, seq, hidden] = normed.dims();
-        let logits = self.head_rows(normed.reshape([batch * seq, hidden]), 0..self.vocab());
-        logits.reshape([batch, seq, self.vocab()])
+        let vocab = self.config.vocab_size;
+        let logits = self.head_rows(normed.reshape([batch * seq, hidden]), 0..vocab);
+        logits.reshape([batch, seq, vocab])
     }
 
     /// Rows of the LM head's output for the vocabulary entries `ids` only: the logit lens
@@ -211,11 +212,6 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
                 }
             }
         }
-    }
-
-    /// Entries in the vocabulary (rows of the LM head).
-    pub fn vocab(&self) -> usize {
-        self.model.embed_tokens.weight.dims()[0]
     }
 }
 

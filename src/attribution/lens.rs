@@ -29,16 +29,8 @@ pub fn running_sums(rows: &[&[f32]]) -> Vec<Vec<f32>> {
     sums
 }
 
-/// Rank, logit and top five of `target` in one row of logits, in one pass (ties: the lower id
-/// first).
-pub fn read(after: String, logits: &[f32], target: u32) -> LensEntry {
-    let mut row = LensRow::new(logits[target as usize]);
-    row.add(0, logits);
-    row.finish(after)
-}
-
-/// [`read`] over a row of logits that arrives in slices of the vocabulary, in any order, once
-/// the target's own logit is known.
+/// Rank, logit and top five of a target in one row of logits (ties: the lower id first), read
+/// in slices of the vocabulary, in any order, once the target's own logit is known.
 #[derive(Debug, Clone)]
 pub struct LensRow {
     target_logit: f32,
@@ -90,6 +82,13 @@ impl LensRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole row in one slice.
+    fn read(after: String, logits: &[f32], target: u32) -> LensEntry {
+        let mut row = LensRow::new(logits[target as usize]);
+        row.add(0, logits);
+        row.finish(after)
+    }
 
     #[test]
     fn running_sums_and_ranks() {

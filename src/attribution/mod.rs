@@ -569,7 +569,7 @@ fn logit_lens<B: Backend>(
     target_id: u32,
 ) -> Result<Vec<LensEntry>, ModelError> {
     let hidden = model.config.hidden_size;
-    let vocab = model.vocab();
+    let vocab = model.config.vocab_size;
     let rows: Vec<&[f32]> = nodes
         .iter()
         .map(|(_, a)| &a[position * hidden..(position + 1) * hidden])

@@ -91,9 +91,10 @@ impl FlexOp<1> for XWt {
         let x = elems(&x);
         let bias = self.bias.as_ref().map(elems);
         // The blocked kernels add to y: without a bias to write first, zeros written.
-        let mut y = match bias.is_none() && blocks(m) {
-            true => written_zeros(m * n),
-            false => vec![0f32; m * n],
+        let mut y = if bias.is_none() && blocks(m) {
+            written_zeros(m * n)
+        } else {
+            vec![0f32; m * n]
         };
         if stream_x_wt(x, m, w, n, k, &mut y) {
             if let Some(b) = bias {
