@@ -18,8 +18,9 @@ pub fn load_model<B: Backend>(
     device: &B::Device,
     progress: &mut dyn Progress,
 ) -> Result<Qwen2ForCausalLM<B>, ModelError> {
-    // burn-flex keeps the host bytes it is given, so it can read the weights in place.
-    let in_place = selection.kind == BackendKind::Flex;
+    // burn-flex keeps the host bytes it is given, so it can read the weights in place; a GPU
+    // backend copies them onto its device, from the map rather than from a copy of it.
+    let in_place = selection.kind == BackendKind::Flex || selection.device != "cpu";
     let source = files.weights(in_place)?;
     progress.start("loading weights", Some(config.num_hidden_layers as u64 + 2));
     let model =

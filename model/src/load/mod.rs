@@ -2,6 +2,8 @@
 //! [`Loader`] hands them to the model while checking shapes and which ones were used.
 
 pub mod gguf;
+#[cfg(feature = "tch")]
+mod libtorch;
 pub mod safetensors;
 
 use std::collections::BTreeSet;
@@ -10,7 +12,7 @@ use burn::module::{Param, ParamId};
 use burn::nn::Embedding;
 
 use crate::norm::RmsNorm;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, get_device_settings, DType, Tensor, TensorData};
 
 use crate::error::ModelError;
 use crate::linear::Linear;
@@ -41,6 +43,24 @@ pub trait WeightSource {
 /// checkpoints), so they count as neither used nor unused.
 fn is_derived_buffer(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq")
+}
+
+/// `data` as a tensor on `device` in the device's float precision (`--dtype`): made in the
+/// checkpoint's precision and converted there, so that a GPU converts its own copy rather than
+/// the CPU converting before the copy; on burn-tch, libtorch copies straight from the bytes.
+fn on_device<B: Backend, const D: usize>(data: TensorData, device: &B::Device) -> Tensor<B, D> {
+    let target: DType = get_device_settings::<B>(device).float_dtype.into();
+    #[cfg(feature = "tch")]
+    if let Some(tensor) = libtorch::from_data(&data, device, target) {
+        return tensor;
+    }
+    let source = data.dtype;
+    let tensor = Tensor::<B, D>::from_data(data, (device, source));
+    if source == target {
+        tensor
+    } else {
+        tensor.cast(target)
+    }
 }
 
 /// Takes tensors from a [`WeightSource`] into burn parameters on `device`.
@@ -98,8 +118,10 @@ impl<'a, B: Backend> Loader<'a, B> {
         shape: [usize; D],
     ) -> Result<Param<Tensor<B, D>>, ModelError> {
         let data = self.read(name, &shape)?;
-        let tensor = Tensor::from_data(data, &self.device);
-        Ok(Param::initialized(ParamId::new(), tensor))
+        Ok(Param::initialized(
+            ParamId::new(),
+            on_device(data, &self.device),
+        ))
     }
 
     /// A vector parameter of length `len`.
