@@ -31,10 +31,14 @@ pub fn attribute_command(
     say: &mut dyn FnMut(String),
 ) -> anyhow::Result<Attribution> {
     let m = &args.model;
-    let selection = Selection::parse(m.backend.as_deref(), m.device.as_deref())?;
+    let selection = Selection::parse(
+        m.backend.as_deref(),
+        m.device.as_deref(),
+        m.dtype.as_deref(),
+    )?;
     say(format!(
-        "Backend: {} (device {}), dtype f32, burn {BURN_VERSION}",
-        selection.kind, selection.device
+        "Backend: {} (device {}), dtype {}, burn {BURN_VERSION}",
+        selection.kind, selection.device, selection.dtype
     ));
     prepare_dir(&args.out)?;
 
@@ -391,7 +395,7 @@ fn to_graph(
         .into(),
         backend: selection.kind.to_string(),
         device: selection.device.clone(),
-        dtype: "f32".into(),
+        dtype: selection.dtype.to_string(),
         timings: outcome.timings,
         nodes,
         edges,

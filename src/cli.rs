@@ -151,6 +151,10 @@ pub struct ModelArgs {
     /// Device of the backend (cpu, cuda:N, discrete:N…).
     #[arg(long)]
     pub device: Option<String>,
+    /// Precision of weights and activations: f32 (default), or f16/bf16 where the backend
+    /// supports them on the device (tch and cuda on a GPU).
+    #[arg(long)]
+    pub dtype: Option<String>,
 }
 
 /// A number in [0, 1].

@@ -127,7 +127,11 @@ struct PredictJson<'a> {
 
 fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let m = &args.model;
-    let selection = Selection::parse(m.backend.as_deref(), m.device.as_deref())?;
+    let selection = Selection::parse(
+        m.backend.as_deref(),
+        m.device.as_deref(),
+        m.dtype.as_deref(),
+    )?;
     let mut bar = Bar(None);
     let files = source::resolve(&m.model, &mut bar)?;
     let config = files.read_config()?;

@@ -18,7 +18,7 @@ fn attribution_equals_the_reference_on_every_compiled_backend() {
     let reference = reference(name);
     let cases: Vec<_> = reference.cases.iter().filter(|c| !c.chat).take(4).collect();
     for kind in compiled() {
-        let selection = Selection::parse(Some(kind.name()), None).unwrap();
+        let selection = Selection::parse(Some(kind.name()), None, None).unwrap();
         for case in &cases {
             let request = Request {
                 files: &files,

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Element, FloatDType};
 
 /// The burn release this crate is built against (pinned with `=` in the workspace manifest).
 pub const BURN_VERSION: &str = "0.21.0";
@@ -32,10 +33,13 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    /// Every backend, fastest first: the order in which a default is chosen.
+    /// Every backend, fastest first: the order in which a default is chosen (tch only where
+    /// libtorch sees a GPU; on the CPU it comes after the others). On an H200, tch's
+    /// attribution of the 1.5B model took 0.3-0.5 s and burn-cuda's 3-5 s, most of that
+    /// compiling its kernels in each new process.
     pub const ALL: [BackendKind; 7] = [
-        BackendKind::Cuda,
         BackendKind::Tch,
+        BackendKind::Cuda,
         BackendKind::Metal,
         BackendKind::Vulkan,
         BackendKind::Wgpu,
@@ -98,7 +102,66 @@ pub fn compiled() -> Vec<BackendKind> {
         .collect()
 }
 
-/// A `--backend` or `--device` value that cannot be used.
+/// The backend used without `--backend`: the first compiled in, except that libtorch without
+/// CUDA (several times slower than flex on the CPU) is taken only when nothing else is there.
+fn default_kind() -> Option<BackendKind> {
+    let kinds = compiled();
+    kinds
+        .iter()
+        .copied()
+        .find(|k| *k != BackendKind::Tch || tch_has_cuda())
+        .or(kinds.first().copied())
+}
+
+/// The floating-point type a model computes in (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// 32-bit floats: every backend, and what the reference computations use.
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16 (f32's exponent range, 8 bits of mantissa).
+    Bf16,
+}
+
+impl Precision {
+    /// Every precision, in `--dtype`'s order.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::F16, Precision::Bf16];
+
+    /// The name `--dtype` takes and the JSON carries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Parses a `--dtype` value.
+    pub fn parse(name: &str) -> Result<Self, BackendError> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| BackendError::UnknownDtype(name.to_string()))
+    }
+
+    fn float(self) -> FloatDType {
+        match self {
+            Precision::F32 => FloatDType::F32,
+            Precision::F16 => FloatDType::F16,
+            Precision::Bf16 => FloatDType::BF16,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A `--backend`, `--device` or `--dtype` value that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
     /// The binary was built without any backend feature.
@@ -118,6 +181,19 @@ pub enum BackendError {
         /// What the user gave.
         device: String,
     },
+    /// The name is not a precision at all.
+    #[error("--dtype {0:?} is not a precision; choose one of: f32, f16, bf16")]
+    UnknownDtype(String),
+    /// The backend cannot compute in that precision on that device.
+    #[error("--dtype {dtype} is not supported by the {backend} backend on {device}; use f32")]
+    UnsupportedDtype {
+        /// The backend.
+        backend: BackendKind,
+        /// Its device.
+        device: String,
+        /// What the user asked for.
+        dtype: Precision,
+    },
 }
 
 fn names(kinds: &[BackendKind]) -> String {
@@ -135,14 +211,21 @@ pub struct Selection {
     pub kind: BackendKind,
     /// The device, normalised (`cpu`, `cuda:0`, `default`, …).
     pub device: String,
+    /// The floating-point type the model's weights and activations are held in.
+    pub dtype: Precision,
 }
 
 impl Selection {
-    /// Validates `--backend` and `--device`; `None` picks the fastest compiled backend and its
-    /// default device.
-    pub fn parse(backend: Option<&str>, device: Option<&str>) -> Result<Self, BackendError> {
+    /// Validates `--backend`, `--device` and `--dtype`; `None` picks the fastest compiled
+    /// backend, its default device, and f32. A precision other than f32 is checked against
+    /// what the backend supports on that device (for a GPU backend this starts its runtime).
+    pub fn parse(
+        backend: Option<&str>,
+        device: Option<&str>,
+        dtype: Option<&str>,
+    ) -> Result<Self, BackendError> {
         let kind = match backend {
-            None => *compiled().first().ok_or(BackendError::NoneCompiled)?,
+            None => default_kind().ok_or(BackendError::NoneCompiled)?,
             Some(name) => {
                 let kind = BackendKind::ALL
                     .into_iter()
@@ -155,7 +238,20 @@ impl Selection {
             }
         };
         let device = normalise_device(kind, device)?;
-        Ok(Self { kind, device })
+        let dtype = dtype.map(Precision::parse).transpose()?.unwrap_or_default();
+        let selection = Self {
+            kind,
+            device,
+            dtype,
+        };
+        if dtype != Precision::F32 && !dispatch(&selection, Supports, false) {
+            return Err(BackendError::UnsupportedDtype {
+                backend: kind,
+                device: selection.device,
+                dtype,
+            });
+        }
+        Ok(selection)
     }
 }
 
@@ -239,24 +335,62 @@ fn wgpu_device(device: &str) -> burn::backend::wgpu::WgpuDevice {
     }
 }
 
-/// Runs `job` on the selected backend and device (f32 everywhere).
+/// Whether the backend computes in the selection's precision on its device.
+struct Supports;
+
+impl BackendJob for Supports {
+    type Output = bool;
+
+    fn run<B: Backend>(self, device: B::Device, selection: &Selection) -> bool {
+        B::supports_dtype(&device, DType::from(selection.dtype.float()))
+    }
+}
+
+/// Makes `dtype` the precision every float tensor created on `device` takes (burn's device
+/// settings, shared by `B` and `Autodiff<B>`). The settings of a device are fixed once its
+/// first tensor is made, so one process computes in one precision per device.
+fn use_precision<B: Backend>(device: &B::Device, dtype: Precision) {
+    let int = <B::IntElem as Element>::dtype();
+    if burn::tensor::set_default_dtypes::<B>(device, dtype.float(), int).is_err() {
+        let current = burn::tensor::get_device_settings::<B>(device).float_dtype;
+        assert_eq!(
+            current,
+            dtype.float(),
+            "{device:?} already computes in {current:?}; one process uses one --dtype per device"
+        );
+    }
+}
+
+/// Runs `job` on the selected backend, device and precision.
 pub fn run<J: BackendJob>(selection: &Selection, job: J) -> J::Output {
+    dispatch(selection, job, true)
+}
+
+/// Runs `job` on the selected backend and device, in the selected precision if `set` (else
+/// without touching the device's settings).
+fn dispatch<J: BackendJob>(selection: &Selection, job: J, set: bool) -> J::Output {
     let device = selection.device.as_str();
     let _ = device;
     match selection.kind {
         #[cfg(feature = "ndarray")]
         BackendKind::Ndarray => {
-            job.run::<burn::backend::NdArray<f32>>(Default::default(), selection)
+            on::<burn::backend::NdArray<f32>, J>(Default::default(), selection, job, set)
         }
         #[cfg(feature = "flex")]
-        BackendKind::Flex => job.run::<burn::backend::Flex<f32>>(Default::default(), selection),
+        BackendKind::Flex => {
+            on::<burn::backend::Flex<f32>, J>(Default::default(), selection, job, set)
+        }
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => job.run::<burn::backend::Wgpu<f32>>(wgpu_device(device), selection),
+        BackendKind::Wgpu => {
+            on::<burn::backend::Wgpu<f32>, J>(wgpu_device(device), selection, job, set)
+        }
         #[cfg(feature = "metal")]
-        BackendKind::Metal => job.run::<burn::backend::Metal<f32>>(wgpu_device(device), selection),
+        BackendKind::Metal => {
+            on::<burn::backend::Metal<f32>, J>(wgpu_device(device), selection, job, set)
+        }
         #[cfg(feature = "vulkan")]
         BackendKind::Vulkan => {
-            job.run::<burn::backend::Vulkan<f32>>(wgpu_device(device), selection)
+            on::<burn::backend::Vulkan<f32>, J>(wgpu_device(device), selection, job, set)
         }
         #[cfg(feature = "tch")]
         BackendKind::Tch => {
@@ -266,16 +400,30 @@ pub fn run<J: BackendJob>(selection: &Selection, job: J) -> J::Output {
                 "mps" => LibTorchDevice::Mps,
                 _ => LibTorchDevice::Cuda(index_of(device)),
             };
-            job.run::<burn::backend::LibTorch<f32>>(dev, selection)
+            on::<burn::backend::LibTorch<f32>, J>(dev, selection, job, set)
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
             let dev = burn::backend::cuda::CudaDevice::new(index_of(device));
-            job.run::<burn::backend::Cuda<f32>>(dev, selection)
+            on::<burn::backend::Cuda<f32>, J>(dev, selection, job, set)
         }
         #[allow(unreachable_patterns)]
         other => unreachable!("{other} is not compiled in; Selection::parse refuses it"),
     }
+}
+
+/// `job` on backend `B`; the backend's element type is only its default: the precision is
+/// burn's device setting (`use_precision`).
+fn on<B: Backend, J: BackendJob>(
+    device: B::Device,
+    selection: &Selection,
+    job: J,
+    set: bool,
+) -> J::Output {
+    if set {
+        use_precision::<B>(&device, selection.dtype);
+    }
+    job.run::<B>(device, selection)
 }
 
 #[cfg(test)]
@@ -284,26 +432,61 @@ mod tests {
 
     #[test]
     fn default_is_the_fastest_compiled() {
-        let s = Selection::parse(None, None).unwrap();
-        assert_eq!(s.kind, compiled()[0]);
+        let s = Selection::parse(None, None, None).unwrap();
+        let kinds = compiled();
+        if kinds[0] == BackendKind::Tch && !tch_has_cuda() && kinds.len() > 1 {
+            assert_eq!(s.kind, kinds[1]);
+        } else {
+            assert_eq!(s.kind, kinds[0]);
+        }
     }
 
     #[cfg(feature = "ndarray")]
     #[test]
     fn ndarray_takes_only_cpu() {
-        let s = Selection::parse(Some("NdArray"), None).unwrap();
+        let s = Selection::parse(Some("NdArray"), None, None).unwrap();
         assert_eq!((s.kind, s.device.as_str()), (BackendKind::Ndarray, "cpu"));
-        let err = Selection::parse(Some("ndarray"), Some("cuda:0")).unwrap_err();
+        let err = Selection::parse(Some("ndarray"), Some("cuda:0"), None).unwrap_err();
         assert!(err.to_string().contains("--device"), "{err}");
     }
 
     #[test]
+    fn precisions_are_parsed_and_f32_is_the_default() {
+        assert_eq!(Precision::parse(" BF16").unwrap(), Precision::Bf16);
+        assert_eq!(Precision::parse("f16").unwrap(), Precision::F16);
+        let s = Selection::parse(None, None, None).unwrap();
+        assert_eq!(s.dtype, Precision::F32);
+        let err = Selection::parse(None, None, Some("fp8")).unwrap_err();
+        assert_eq!(err, BackendError::UnknownDtype("fp8".into()));
+        assert!(err.to_string().contains("--dtype"), "{err}");
+    }
+
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn ndarray_refuses_half_precision() {
+        let err = Selection::parse(Some("ndarray"), None, Some("bf16")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BackendError::UnsupportedDtype {
+                    dtype: Precision::Bf16,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .starts_with("--dtype bf16 is not supported by the ndarray"));
+    }
+
+    #[test]
     fn unknown_and_missing_backends_are_named() {
-        let err = Selection::parse(Some("tpu"), None).unwrap_err();
+        let err = Selection::parse(Some("tpu"), None, None).unwrap_err();
         assert_eq!(err, BackendError::Unknown("tpu".into()));
         assert!(err.to_string().contains("--backend"));
         if let Some(missing) = BackendKind::ALL.into_iter().find(|k| !k.is_compiled()) {
-            let err = Selection::parse(Some(missing.name()), None).unwrap_err();
+            let err = Selection::parse(Some(missing.name()), None, None).unwrap_err();
             assert_eq!(err, BackendError::NotCompiled(missing));
             assert!(err.to_string().contains(&format!("--features {missing}")));
         }
