@@ -3,6 +3,7 @@
 
     bench.py MODEL [--tokens 8,64,512] [--reps 3] [--backends ndarray,flex]
              [--attrib target/release/attrib] [--threads N]
+             [--device cpu|cuda] [--dtypes f32,bf16]
 
 MODEL is a model folder (config.json, safetensors, tokenizer.json) or a .gguf file (PyTorch
 then reads it with transformers' GGUF loader, dequantized). For each prompt length the run
@@ -12,16 +13,25 @@ the same thread count. It prints the medians: load time, attribution time (forwa
 backward), peak resident memory, the ratios attrib / PyTorch, and the achieved GFLOP/s and
 GB/s of weight traffic next to this machine's matmul rate measured in the same run.
 
+With `--device cuda` both run on the first GPU (attrib with `--device cuda:0`; build it with
+`--features tch,cuda`), in each of `--dtypes` (f32, f16, bf16; PyTorch in the same dtype), and
+the table adds the peak GPU memory each process took (NVML, sampled every 10 ms, above what
+was in use before it started) and how far attrib's node scores are from PyTorch's (largest
+difference over the largest score).
+
 `scripts/bench.sh MODEL` builds attrib (release, ndarray and flex) and runs this with the
 reference venv's Python.
 """
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -79,38 +89,82 @@ def prompt_of(tokenizer, n):
     sys.exit(f"cannot make a prompt of exactly {n} tokens")
 
 
+TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+
+
+class GpuMemory:
+    """The peak of GPU 0's used memory while a process runs, above what was used before."""
+
+    def __init__(self):
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self.used = lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used
+        except Exception:  # no NVML bindings: ask nvidia-smi
+            def used():
+                out = subprocess.run(["nvidia-smi", "--id=0", "--query-gpu=memory.used",
+                                      "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True).stdout
+                return int(out.split()[0]) * 2**20
+            self.used = used
+
+    def watch(self, proc):
+        base = self.used()
+        peak = [base]
+
+        def poll():
+            while proc.poll() is None:
+                peak[0] = max(peak[0], self.used())
+                time.sleep(0.01)
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        return lambda: (thread.join(), peak[0] - base)[1]
+
+
+GPU = None
+
+
 def run(cmd, env=None):
-    """Runs cmd; returns (its stdout, its own peak RSS in bytes)."""
+    """Runs cmd; returns (its stdout, its own peak RSS in bytes); with a GPU watched, also
+    sets run.gpu to the peak GPU memory it took."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        gpu = GPU.watch(proc) if GPU else None
         _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        run.gpu = gpu() if gpu else 0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
-            sys.exit(f"{cmd[0]} failed ({proc.returncode}):\n{err.read().decode()[-2000:]}")
+            raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n"
+                               f"{err.read().decode()[-2000:]}")
         return out.read().decode(), usage.ru_maxrss * 1024
 
 
-def torch_run(model, prompt_file, threads):
+def torch_run(model, prompt_file, threads, device="cpu", dtype="f32"):
     stdout, rss = run([sys.executable, os.path.join(HERE, "bench_torch.py"), model, prompt_file,
-                       str(threads)])
+                       str(threads), device, TORCH_DTYPES[dtype]])
     r = json.loads(stdout.strip().splitlines()[-1])
     return {"load": r["load_s"], "attr": r["forward_s"] + r["backward_s"], "rss": rss,
-            "tokens": r["tokens"]}
+            "gpu": run.gpu, "tokens": r["tokens"], "nodes": r["nodes"]}
 
 
-def attrib_run(binary, model, prompt, backend, threads):
+def attrib_run(binary, model, prompt, backend, threads, device="cpu", dtype="f32"):
     with tempfile.TemporaryDirectory() as out:
         env = dict(os.environ, RAYON_NUM_THREADS=str(threads),
                    MATMUL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
         cmd = [binary, "--model", model, "--prompt", prompt, "--backend", backend,
                "--out", out, "--json"]
+        if device != "cpu":
+            cmd += ["--device", f"{device}:0", "--dtype", dtype]
         proc_out, rss = run(cmd, env)
     r = json.loads(proc_out)
     t = r["timings"]
     return {"load": t["load_s"], "attr": t["forward_s"] + t["backward_s"], "rss": rss,
-            "tokens": len(r["input_ids"])}
+            "gpu": run.gpu, "tokens": len(r["input_ids"]),
+            "nodes": [n["score"] for n in r["nodes"]]}
 
 
 def warm_page_cache(model):
@@ -154,12 +208,13 @@ def model_size(model):
         forward = 2 * t * linear + attn + head
         return forward + (2 * t * linear + 2 * attn + head)
 
-    # Weights read in the forward and again in the backward, in f32.
-    traffic = 2 * 4 * (linear + h * vocab)
+    # Weights read in the forward and again in the backward, per byte of the dtype.
+    traffic = 2 * (linear + h * vocab)
     return flops, traffic
 
 
 def main():
+    global GPU
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
     ap.add_argument("--tokens", default="8,64,512")
@@ -167,10 +222,21 @@ def main():
     ap.add_argument("--backends", default="ndarray,flex")
     ap.add_argument("--attrib", default=os.path.join(ROOT, "target/release/attrib"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtypes", default="f32")
     args = ap.parse_args()
     model = os.path.abspath(args.model)
     lengths = [int(x) for x in args.tokens.split(",")]
     backends = args.backends.split(",")
+    dtypes = args.dtypes.split(",")
+    for d in dtypes:
+        if d not in TORCH_DTYPES:
+            sys.exit(f"--dtypes: {d!r} is not one of {', '.join(TORCH_DTYPES)}")
+    if args.device == "cpu" and dtypes != ["f32"]:
+        sys.exit("--dtypes other than f32 need --device cuda")
+    gpu = args.device == "cuda"
+    if gpu:
+        GPU = GpuMemory()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
@@ -181,13 +247,21 @@ def main():
         tokenizer = AutoTokenizer.from_pretrained(model)
     flops, traffic = model_size(model)
 
-    peak = json.loads(run([sys.executable, os.path.join(HERE, "bench_torch.py"), "--matmul",
-                           str(args.threads)])[0])["matmul_gflops"]
-    systems = ["pytorch"] + [f"attrib {b}" for b in backends]
-    print(f"model {model}\nthreads {args.threads} · {args.reps} reps each, medians · "
-          f"f32 matmul rate of this machine (torch.mm): {peak:.1f} GFLOP/s", flush=True)
+    peaks = {d: json.loads(run([sys.executable, os.path.join(HERE, "bench_torch.py"), "--matmul",
+                                str(args.threads), args.device, TORCH_DTYPES[d]])[0])
+             ["matmul_gflops"] for d in dtypes}
+    # A system is (name, dtype); with one dtype the names are as on the CPU table.
+    systems = [(s, d) for d in dtypes for s in ["pytorch"] + [f"attrib {b}" for b in backends]]
+
+    def label(system):
+        return system[0] if dtypes == ["f32"] else f"{system[0]} {system[1]}"
+
+    print(f"model {model}\ndevice {args.device} · threads {args.threads} · {args.reps} reps "
+          f"each, medians · matmul rate (torch.mm): " +
+          ", ".join(f"{d} {peaks[d]:.1f} GFLOP/s" for d in dtypes), flush=True)
 
     results = {}
+    failed = {}
     with tempfile.TemporaryDirectory() as tmp:
         prompts = {}
         for n in lengths:
@@ -197,43 +271,99 @@ def main():
 
         def measure(system, n):
             warm_page_cache(model)
-            if system == "pytorch":
-                r = torch_run(model, os.path.join(tmp, f"{n}.txt"), args.threads)
+            name, dtype = system
+            if name == "pytorch":
+                r = torch_run(model, os.path.join(tmp, f"{n}.txt"), args.threads, args.device,
+                              dtype)
             else:
-                r = attrib_run(args.attrib, model, prompts[n], system.split()[1], args.threads)
+                r = attrib_run(args.attrib, model, prompts[n], name.split()[1], args.threads,
+                               args.device, dtype)
             if r["tokens"] != n:
-                sys.exit(f"{system} saw {r['tokens']} tokens, not {n}")
+                sys.exit(f"{label(system)} saw {r['tokens']} tokens, not {n}")
             return r
 
-        for system in systems:  # warm-up: page cache, lazy initialisation
-            measure(system, lengths[0])
-        for n in lengths:
-            for _ in range(args.reps):
-                for system in systems:
-                    r = measure(system, n)
-                    results.setdefault((system, n), []).append(r)
-                    print(f"  {n:4} tokens  {system:15} load {r['load']:7.2f} s  "
-                          f"attribution {r['attr']:8.2f} s  peak RSS {r['rss'] / 2**30:6.2f} GiB",
-                          flush=True)
+        def attempt(system, n):
+            """One measurement; on a GPU a system that fails is reported and skipped."""
+            if system in failed:
+                return None
+            try:
+                return measure(system, n)
+            except RuntimeError as e:
+                if not gpu:
+                    sys.exit(str(e))
+                failed[system] = str(e).strip().splitlines()[-1]
+                print(f"  {label(system)} failed: {e}", flush=True)
+                return None
+
+        def stop(_signum, _frame):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `timeout` signals the group too
+            raise KeyboardInterrupt
+
+        # Stopped (Ctrl-C, or SIGTERM from a time limit), it still prints the table of what
+        # it measured.
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            for system in systems:  # warm-up: page cache, lazy initialisation
+                attempt(system, lengths[0])
+            for n in lengths:
+                for _ in range(args.reps):
+                    for system in systems:
+                        r = attempt(system, n)
+                        if r is None:
+                            continue
+                        results.setdefault((system, n), []).append(r)
+                        memory = f"  GPU {r['gpu'] / 2**30:6.2f} GiB" if gpu else ""
+                        print(f"  {n:4} tokens  {label(system):20} load {r['load']:7.2f} s  "
+                              f"attribution {r['attr']:8.3f} s  "
+                              f"peak RSS {r['rss'] / 2**30:6.2f} GiB{memory}", flush=True)
+        except KeyboardInterrupt:
+            print("\nstopped early: the table holds what was measured", flush=True)
 
     def med(system, n, key):
         return statistics.median(r[key] for r in results[(system, n)])
 
+    def node_error(system, n):
+        """The largest difference of attrib's node scores from PyTorch's (same dtype, last
+        measurement of each), over PyTorch's largest score."""
+        want = results[(("pytorch", system[1]), n)][-1]["nodes"]
+        got = results[(system, n)][-1]["nodes"]
+        if len(got) != len(want):
+            return "—"
+        return f"{max(abs(g - w) for g, w in zip(got, want)) / max(want):.1e}"
+
+    keys = ("load", "attr", "rss") + (("gpu",) if gpu else ())
     print()
-    print("| tokens | system | load s | attribution s | peak RSS GiB | load ÷ PyTorch | "
-          "attribution ÷ PyTorch | RSS ÷ PyTorch | GFLOP/s | weight GB/s |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| tokens | system | load s | attribution s | peak RSS GiB | " +
+          ("peak GPU GiB | " if gpu else "") +
+          "load ÷ PyTorch | attribution ÷ PyTorch | " +
+          ("GPU memory ÷ PyTorch | node scores vs PyTorch | " if gpu else "RSS ÷ PyTorch | ") +
+          "GFLOP/s | weight GB/s |")
+    print("|---:|---|" + "---:|" * (8 + 2 * gpu))
     for n in lengths:
-        base = {k: med("pytorch", n, k) for k in ("load", "attr", "rss")}
         for system in systems:
-            load, attr, rss = (med(system, n, k) for k in ("load", "attr", "rss"))
-            ratio = "" if system == "pytorch" else "{:.2f} | {:.2f} | {:.2f}".format(
-                load / base["load"], attr / base["attr"], rss / base["rss"])
-            if not ratio:
-                ratio = "— | — | —"
-            print(f"| {n} | {system} | {load:.2f} | {attr:.2f} | {rss / 2**30:.2f} | {ratio} | "
-                  f"{flops(n) / attr / 1e9:.1f} | {traffic / attr / 1e9:.1f} |")
-    print(f"\nmatmul rate (torch.mm, f32, {args.threads} threads): {peak:.1f} GFLOP/s")
+            if (system, n) not in results:
+                continue
+            m = {k: med(system, n, k) for k in keys}
+            base_system = ("pytorch", system[1])
+            if system[0] == "pytorch" or (base_system, n) not in results:
+                ratio = " | ".join("—" for _ in range(3 + gpu))
+            else:
+                base = {k: med(base_system, n, k) for k in keys}
+                parts = [m["load"] / base["load"], m["attr"] / base["attr"]]
+                parts.append(m["gpu"] / base["gpu"] if gpu else m["rss"] / base["rss"])
+                ratio = " | ".join(f"{x:.2f}" for x in parts)
+                if gpu:
+                    ratio += f" | {node_error(system, n)}"
+            width = 4 if system[1] == "f32" else 2
+            memory = f"{m['gpu'] / 2**30:.2f} | " if gpu else ""
+            print(f"| {n} | {label(system)} | {m['load']:.2f} | {m['attr']:.3f} | "
+                  f"{m['rss'] / 2**30:.2f} | {memory}{ratio} | "
+                  f"{flops(n) / m['attr'] / 1e9:.1f} | {width * traffic / m['attr'] / 1e9:.1f} |")
+    where = f"{args.device}" if gpu else f"f32, {args.threads} threads"
+    print(f"\nmatmul rate (torch.mm, {where}): " +
+          ", ".join(f"{d} {peaks[d]:.1f} GFLOP/s" for d in dtypes))
+    for system, why in failed.items():
+        print(f"{label(system)} failed: {why}")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 """One PyTorch + transformers measurement for scripts/bench.py, in a process of its own so that
 its peak memory is its own.
 
-    bench_torch.py MODEL_DIR PROMPT_FILE THREADS
+    bench_torch.py MODEL_DIR PROMPT_FILE THREADS [DEVICE [DTYPE]]
 
-loads the model in float32 (weights frozen, default attention), then does what `attrib` does
+loads the model in float32 (or DTYPE: float16, bfloat16) on the CPU (or DEVICE, e.g. cuda;
+weights frozen, default attention), then does what `attrib` does
 for one prompt: a forward pass with a zero leaf added at every site attrib taps (the
 embeddings, each attention and MLP input and output, each o_proj input, the final norm's
 input), the logits of the last position only, one backward pass of the predicted token's
 logit, and the Grad x Activation node scores. It prints one JSON line: load_s, forward_s,
-backward_s, tokens, predicted_id, and the node scores' sum (a check that the work was done).
+backward_s, tokens, predicted_id, the node scores' sum (a check that the work was done), the
+node scores (embeddings, then each layer's attention and MLP outputs), and on a GPU the peak
+of memory its tensors took (cuda_peak_bytes). On a GPU each time ends with a synchronisation.
 
     bench_torch.py --ablate-nodes MODEL_DIR PROMPT_FILE THREADS
 
@@ -18,10 +21,10 @@ node (the embeddings, every attention output after o_proj, every MLP output) wit
 output replaced by zeros (a forward hook; no gradients, logits of the last position only):
 the unbatched way to check every node by ablation. It prints {"passes", "seconds", "tokens"}.
 
-    bench_torch.py --matmul THREADS
+    bench_torch.py --matmul THREADS [DEVICE [DTYPE]]
 
-prints this machine's f32 matmul rate in GFLOP/s (the best of several square and
-MLP-shaped products) as {"matmul_gflops": ...}.
+prints this machine's f32 (or DTYPE) matmul rate in GFLOP/s on the CPU (or DEVICE; the best of
+several square and MLP-shaped products) as {"matmul_gflops": ...}.
 """
 import json
 import os
@@ -34,25 +37,38 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 
-def matmul_peak(threads):
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(threads, device="cpu", dtype="float32"):
     torch.set_num_threads(threads)
+    device = torch.device(device)
+    dtype = getattr(torch, dtype)
     best = 0.0
-    for m, k, n in [(2048, 2048, 2048), (512, 1536, 8960), (512, 8960, 1536)]:
-        a = torch.randn(m, k)
-        b = torch.randn(k, n)
+    shapes = [(2048, 2048, 2048), (512, 1536, 8960), (512, 8960, 1536)]
+    if device.type != "cpu":
+        shapes.append((8192, 8192, 8192))
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
         for _ in range(2):
             torch.mm(a, b)
-        reps = 5
+        reps = 5 if device.type == "cpu" else 20
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(reps):
             torch.mm(a, b)
+        synchronize(device)
         seconds = (time.perf_counter() - start) / reps
         best = max(best, 2.0 * m * k * n / seconds / 1e9)
     return best
 
 
-def load(model_dir, prompt_file, threads):
-    """The prompt, tokenizer and frozen f32 model, and the seconds the loading took."""
+def load(model_dir, prompt_file, threads, device="cpu", dtype="float32"):
+    """The prompt, tokenizer and frozen model (f32 unless `dtype`, on `device`), and the
+    seconds the loading took."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
@@ -61,23 +77,28 @@ def load(model_dir, prompt_file, threads):
 
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    model.to(device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    synchronize(torch.device(device))
     return prompt, tokenizer, model, time.perf_counter() - start
 
 
-def attribute(model_dir, prompt_file, threads):
-    prompt, tokenizer, model, load_s = load(model_dir, prompt_file, threads)
+def attribute(model_dir, prompt_file, threads, device="cpu", dtype="float32"):
+    prompt, tokenizer, model, load_s = load(model_dir, prompt_file, threads, device, dtype)
+    device = torch.device(device)
 
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
     taps = []
+    nodes = []
 
     def tap_output(_module, _args, output):
         x = output[0] if isinstance(output, tuple) else output
         z = torch.zeros_like(x, requires_grad=True)
         taps.append((x.detach(), z))
+        nodes.append(len(taps) - 1)
         y = x + z
         return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
 
@@ -97,6 +118,8 @@ def attribute(model_dir, prompt_file, threads):
         hooks.append(layer.mlp.register_forward_hook(tap_output))
     hooks.append(inner.norm.register_forward_pre_hook(tap_input))
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1]
     predicted = int(torch.argmax(logits))
@@ -104,20 +127,22 @@ def attribute(model_dir, prompt_file, threads):
 
     start = time.perf_counter()
     logits[predicted].backward()
-    total = 0.0
-    for x, z in taps:
-        total += float(torch.linalg.vector_norm(z.grad * x))
+    scores = [float(torch.linalg.vector_norm(z.grad * x)) for x, z in taps]
     backward_s = time.perf_counter() - start
     for h in hooks:
         h.remove()
-    return {
+    out = {
         "load_s": load_s,
         "forward_s": forward_s,
         "backward_s": backward_s,
         "tokens": ids.shape[1],
         "predicted_id": predicted,
-        "score_sum": total,
+        "score_sum": sum(scores),
+        "nodes": [scores[i] for i in nodes],
     }
+    if device.type == "cuda":
+        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out
 
 
 def ablate_nodes(model_dir, prompt_file, threads):
@@ -147,12 +172,12 @@ def ablate_nodes(model_dir, prompt_file, threads):
 
 
 def main(argv):
-    if len(argv) == 2 and argv[0] == "--matmul":
-        print(json.dumps({"matmul_gflops": matmul_peak(int(argv[1]))}))
+    if 2 <= len(argv) <= 4 and argv[0] == "--matmul":
+        print(json.dumps({"matmul_gflops": matmul_peak(int(argv[1]), *argv[2:])}))
     elif len(argv) == 4 and argv[0] == "--ablate-nodes":
         print(json.dumps(ablate_nodes(argv[1], argv[2], int(argv[3]))))
-    elif len(argv) == 3:
-        print(json.dumps(attribute(argv[0], argv[1], int(argv[2]))))
+    elif 3 <= len(argv) <= 5 and not argv[0].startswith("--"):
+        print(json.dumps(attribute(argv[0], argv[1], int(argv[2]), *argv[3:])))
     else:
         sys.exit(__doc__)
 
