@@ -4,17 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{fixture, reference};
-
-fn attrib(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attrib"))
-        .args(args)
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .output()
-        .expect("run attrib")
-}
+use common::{fixture, reference, run_attrib as attrib};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -4,18 +4,8 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
 use attrib::backends::compiled;
-use common::{fixture, reference};
-
-fn attrib(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attrib"))
-        .args(args)
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .output()
-        .expect("run attrib")
-}
+use common::{fixture, reference, run_attrib as attrib};
 
 #[test]
 fn half_precision_follows_the_f32_reference_or_is_refused_in_one_line() {

@@ -31,6 +31,15 @@ pub fn fixture_model(
     load_fixture(name)
 }
 
+/// Runs the `attrib` binary with `args`, the hub pointed at a closed port.
+pub fn run_attrib(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_attrib"))
+        .args(args)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .expect("run attrib")
+}
+
 /// `tests/fixtures/NAME`.
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
