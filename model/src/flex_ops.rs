@@ -15,6 +15,8 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{backend::Backend, DType, Shape, Tensor, TensorPrimitive};
 
+use crate::same_type::cast;
+
 /// A backend's float tensor primitive.
 pub(crate) type Float<B> = burn::tensor::ops::FloatTensor<B>;
 /// The autodiff backend the attribution runs flex under.
@@ -170,13 +172,6 @@ fn as_ref<B: Backend, T: 'static>(p: &Float<B>) -> &T {
     (p as &dyn Any)
         .downcast_ref::<T>()
         .expect("the backend's tensor type was checked")
-}
-
-/// `t` as `U`, which the `TypeId` check found to be the same type.
-fn cast<T: 'static, U: 'static>(t: T) -> U {
-    *(Box::new(t) as Box<dyn Any>)
-        .downcast::<U>()
-        .unwrap_or_else(|_| unreachable!("the backend's tensor type was checked"))
 }
 
 /// A pointer into an output buffer, shared by parallel tasks that write disjoint elements.

@@ -21,6 +21,8 @@ pub mod norm;
 pub mod probe;
 pub mod resume;
 pub mod rope;
+#[cfg(any(feature = "flex", feature = "tch"))]
+mod same_type;
 
 pub use config::Qwen2Config;
 pub use error::ModelError;

@@ -12,6 +12,8 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
+use crate::same_type::cast;
+
 type Tch = LibTorch<f32>;
 
 /// `data` as a tensor of `B` on `device` in precision `dtype`, when `B` is burn-tch and the
@@ -69,11 +71,4 @@ fn kind(dtype: DType) -> Option<tch::Kind> {
         DType::BF16 => Some(tch::Kind::BFloat16),
         _ => None,
     }
-}
-
-/// `t` as `U`, which the `TypeId` check found to be the same type.
-fn cast<T: 'static, U: 'static>(t: T) -> U {
-    *(Box::new(t) as Box<dyn Any>)
-        .downcast::<U>()
-        .unwrap_or_else(|_| unreachable!("the backend type was checked"))
 }
