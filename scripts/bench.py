@@ -125,30 +125,41 @@ class GpuMemory:
 GPU = None
 
 
+class RunFailed(Exception):
+    """A measured process exited non-zero; the message ends with its stderr."""
+
+
 def run(cmd, env=None):
-    """Runs cmd; returns (its stdout, its own peak RSS in bytes); with a GPU watched, also
-    sets run.gpu to the peak GPU memory it took."""
+    """Runs cmd; returns its stdout, its own peak RSS in bytes, and the peak GPU memory it
+    took (0 unless a GPU is watched). Raises RunFailed if it fails."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         gpu = GPU.watch(proc) if GPU else None
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-        run.gpu = gpu() if gpu else 0
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        gpu_bytes = gpu() if gpu else 0
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
-            raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n"
-                               f"{err.read().decode()[-2000:]}")
-        return out.read().decode(), usage.ru_maxrss * 1024
+            raise RunFailed(f"{cmd[0]} failed ({proc.returncode}):\n"
+                            f"{err.read().decode()[-2000:]}")
+        return out.read().decode(), usage.ru_maxrss * 1024, gpu_bytes
+
+
+def cli(main):
+    """Runs a script's main; a measured process that failed ends it with its message."""
+    try:
+        main()
+    except RunFailed as e:
+        sys.exit(str(e))
 
 
 def torch_run(model, prompt_file, threads, device="cpu", dtype="f32"):
-    stdout, rss = run([sys.executable, os.path.join(HERE, "bench_torch.py"), model, prompt_file,
-                       str(threads), device, TORCH_DTYPES[dtype]])
+    stdout, rss, gpu = run([sys.executable, os.path.join(HERE, "bench_torch.py"), model,
+                            prompt_file, str(threads), device, TORCH_DTYPES[dtype]])
     r = json.loads(stdout.strip().splitlines()[-1])
     return {"load": r["load_s"], "attr": r["forward_s"] + r["backward_s"], "rss": rss,
-            "gpu": run.gpu, "tokens": r["tokens"], "nodes": r["nodes"]}
+            "gpu": gpu, "tokens": r["tokens"], "nodes": r["nodes"]}
 
 
 def attrib_run(binary, model, prompt, backend, threads, device="cpu", dtype="f32"):
@@ -159,11 +170,11 @@ def attrib_run(binary, model, prompt, backend, threads, device="cpu", dtype="f32
                "--out", out, "--json"]
         if device != "cpu":
             cmd += ["--device", f"{device}:0", "--dtype", dtype]
-        proc_out, rss = run(cmd, env)
+        proc_out, rss, gpu = run(cmd, env)
     r = json.loads(proc_out)
     t = r["timings"]
     return {"load": t["load_s"], "attr": t["forward_s"] + t["backward_s"], "rss": rss,
-            "gpu": run.gpu, "tokens": len(r["input_ids"]),
+            "gpu": gpu, "tokens": len(r["input_ids"]),
             "nodes": [n["score"] for n in r["nodes"]]}
 
 
@@ -288,9 +299,9 @@ def main():
                 return None
             try:
                 return measure(system, n)
-            except RuntimeError as e:
+            except RunFailed as e:
                 if not gpu:
-                    sys.exit(str(e))
+                    raise
                 failed[system] = str(e).strip().splitlines()[-1]
                 print(f"  {label(system)} failed: {e}", flush=True)
                 return None
@@ -367,4 +378,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

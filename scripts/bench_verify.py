@@ -23,12 +23,12 @@ import statistics
 import sys
 import tempfile
 
-from bench import HERE, ROOT, prompt_of, run
+from bench import HERE, ROOT, cli, prompt_of, run
 
 
 def torch_ablations(model, prompt_file, threads):
-    out, _ = run([sys.executable, os.path.join(HERE, "bench_torch.py"), "--ablate-nodes", model,
-                  prompt_file, str(threads)])
+    out, _, _ = run([sys.executable, os.path.join(HERE, "bench_torch.py"), "--ablate-nodes", model,
+                     prompt_file, str(threads)])
     r = json.loads(out.strip().splitlines()[-1])
     return r["seconds"], r["passes"], r["tokens"]
 
@@ -41,7 +41,7 @@ def attrib_verify(binary, model, prompt, threads, batch):
                "--verify", "--ablate", "zero", "--verify-edges", "0"]
         if batch is not None:
             cmd += ["--verify-batch", str(batch)]
-        stdout, _ = run(cmd, env)
+        stdout, _, _ = run(cmd, env)
     r = json.loads(stdout)
     v = r["verification"]
     return v["seconds"]["nodes"], len(v["nodes"]), len(r["input_ids"])
@@ -100,4 +100,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)
