@@ -35,11 +35,20 @@ impl<B: Backend> Rope<B> {
             .collect();
         let mut cos = Vec::with_capacity(max_positions * head_dim);
         let mut sin = Vec::with_capacity(max_positions * head_dim);
+        let mut half_cos = Vec::with_capacity(half);
+        let mut half_sin = Vec::with_capacity(half);
         for pos in 0..max_positions {
-            let angles: Vec<f32> = inv_freq.iter().map(|f| pos as f32 * f).collect();
+            half_cos.clear();
+            half_sin.clear();
+            for f in &inv_freq {
+                let (s, c) = ((pos as f32 * f) as f64).sin_cos();
+                half_cos.push(c as f32);
+                half_sin.push(s as f32);
+            }
+            // Both halves of a head share the angles: computed once, written twice.
             for _ in 0..2 {
-                cos.extend(angles.iter().map(|&a| (a as f64).cos() as f32));
-                sin.extend(angles.iter().map(|&a| (a as f64).sin() as f32));
+                cos.extend_from_slice(&half_cos);
+                sin.extend_from_slice(&half_sin);
             }
         }
         let shape = [max_positions, head_dim];
