@@ -53,18 +53,27 @@ impl LensRow {
 
     /// The logits of ids `first, first + 1, …`.
     pub fn add(&mut self, first: u32, logits: &[f32]) {
+        // Two passes the compiler vectorises: the count above the target, then the few
+        // entries that can reach the top five (at or above the fifth's logit once five are
+        // kept; a tie is settled by id below).
+        let target = self.target_logit;
+        self.above += logits.iter().filter(|&&l| l > target).count();
         for (id, &l) in (first..).zip(logits) {
-            if l > self.target_logit {
-                self.above += 1;
+            if self.top.len() < Self::K || l >= self.top[Self::K - 1].1 {
+                self.offer(id, l);
             }
-            let top = &mut self.top;
-            // Whether (id, l) ranks before an entry: a higher logit, or a tie and a lower id.
-            let before = |&(i, t): &(u32, f32)| t < l || (t == l && i > id);
-            if top.len() < Self::K || before(&top[top.len() - 1]) {
-                let at = top.iter().position(before).unwrap_or(top.len());
-                top.insert(at, (id, l));
-                top.truncate(Self::K);
-            }
+        }
+    }
+
+    /// Keeps `(id, l)` if it ranks among the five highest so far.
+    fn offer(&mut self, id: u32, l: f32) {
+        let top = &mut self.top;
+        // Whether (id, l) ranks before an entry: a higher logit, or a tie and a lower id.
+        let before = |&(i, t): &(u32, f32)| t < l || (t == l && i > id);
+        if top.len() < Self::K || before(&top[top.len() - 1]) {
+            let at = top.iter().position(before).unwrap_or(top.len());
+            top.insert(at, (id, l));
+            top.truncate(Self::K);
         }
     }
 
