@@ -178,20 +178,40 @@ def attrib_run(binary, model, prompt, backend, threads, device="cpu", dtype="f32
             "nodes": [n["score"] for n in r["nodes"]]}
 
 
+def weight_files(model):
+    if os.path.isdir(model):
+        return [os.path.join(model, f) for f in sorted(os.listdir(model))
+                if f.endswith(".safetensors")]
+    return [model]
+
+
 def warm_page_cache(model):
     """Reads the model's weight files through, so that every measurement starts with them in
     the page cache: a run that maps the weights (attrib on flex) would otherwise pay for any
     pages that an earlier, larger process pushed out, and one that copies them (PyTorch) would
     pay it in its load time."""
-    if os.path.isdir(model):
-        paths = [os.path.join(model, f) for f in sorted(os.listdir(model))
-                 if f.endswith(".safetensors")]
-    else:
-        paths = [model]
-    for path in paths:
+    for path in weight_files(model):
         with open(path, "rb", buffering=0) as f:
             while f.read(64 << 20):
                 pass
+
+
+def reread_from_disk(model):
+    """Drops the weight files from the page cache and reads them back, once, before the first
+    measurement. How a file sits in the cache depends on how it got there: read from disk,
+    Linux 6.x caches it in folios of up to 2 MB; written by the process that made it, in 4 KB
+    pages. Every mapping of it then costs page-table work in proportion (about 0.1 s of a
+    64-token forward pass of the 1.5B model on flex, from the weights' first touch), so without
+    this a run's numbers would depend on the file's history."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in weight_files(model):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    warm_page_cache(model)
 
 
 def model_size(model):
@@ -271,6 +291,7 @@ def main():
           f"each, medians · matmul rate (torch.mm): " +
           ", ".join(f"{d} {peaks[d]:.1f} GFLOP/s" for d in dtypes), flush=True)
 
+    reread_from_disk(model)
     results = {}
     failed = {}
     with tempfile.TemporaryDirectory() as tmp:
