@@ -179,6 +179,7 @@ def attrib_run(binary, model, prompt, backend, threads, device="cpu", dtype="f32
 
 
 def weight_files(model):
+    """The model's weight files: a folder's safetensors, or the GGUF file itself."""
     if os.path.isdir(model):
         return [os.path.join(model, f) for f in sorted(os.listdir(model))
                 if f.endswith(".safetensors")]
@@ -200,9 +201,9 @@ def reread_from_disk(model):
     """Drops the weight files from the page cache and reads them back, once, before the first
     measurement. How a file sits in the cache depends on how it got there: read from disk,
     Linux 6.x caches it in folios of up to 2 MB; written by the process that made it, in 4 KB
-    pages. Every mapping of it then costs page-table work in proportion (about 0.1 s of a
-    64-token forward pass of the 1.5B model on flex, from the weights' first touch), so without
-    this a run's numbers would depend on the file's history."""
+    pages. Every mapping of it then costs page-table work in proportion (in one comparison,
+    about 0.1 s of a 64-token forward pass of the 1.5B model on flex, from the weights' first
+    touch), so without this a run's numbers would depend on the file's history."""
     if not hasattr(os, "posix_fadvise"):
         return
     for path in weight_files(model):

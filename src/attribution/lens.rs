@@ -53,9 +53,9 @@ impl LensRow {
 
     /// The logits of ids `first, first + 1, …`.
     pub fn add(&mut self, first: u32, logits: &[f32]) {
-        // Two passes the compiler vectorises: the count above the target, then the few
-        // entries that can reach the top five (at or above the fifth's logit once five are
-        // kept; a tie is settled by id below).
+        // Two passes: the count above the target (vectorised), then one comparison per
+        // entry that rarely passes, for the few that can reach the top five (at or above the
+        // fifth's logit once five are kept; `offer` settles a tie by id).
         let target = self.target_logit;
         self.above += logits.iter().filter(|&&l| l > target).count();
         for (id, &l) in (first..).zip(logits) {
