@@ -417,7 +417,9 @@ fn dispatch<J: BackendJob>(selection: &Selection, job: J, set: bool) -> J::Outpu
 /// in the working directory or above already chose a cache location. Without it every
 /// process compiles each kernel with NVRTC again: 3-5 s of a 1.5B attribution on an H200,
 /// against 0.4-0.7 s once the kernels are cached. The cache goes where CubeCL's `target`
-/// option puts it: the enclosing Cargo project's `target/`, else the user's cache directory.
+/// option puts it: the enclosing Cargo project's `target/`, else the user's cache directory;
+/// where that cannot be written, no cache (CubeCL would stop the process when it first
+/// writes a kernel there).
 #[cfg(feature = "cuda")]
 fn keep_compiled_kernels() {
     use cubecl_runtime::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
@@ -427,9 +429,20 @@ fn keep_compiled_kernels() {
             return; // already read by a runtime started earlier in this process
         }
         let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-        config.compilation.cache.get_or_insert(CacheConfig::Target);
+        if config.compilation.cache.is_none() && writable(&CacheConfig::Target.root()) {
+            config.compilation.cache = Some(CacheConfig::Target);
+        }
         CubeClRuntimeConfig::set(config);
     });
+}
+
+/// Whether files can be created in `dir` (made if missing).
+#[cfg(feature = "cuda")]
+fn writable(dir: &std::path::Path) -> bool {
+    let probe = dir.join(format!(".attrib-probe-{}", std::process::id()));
+    let ok = std::fs::create_dir_all(dir).is_ok() && std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
 }
 
 /// `job` on backend `B`; the backend's element type is only its default: the precision is
@@ -538,5 +551,18 @@ mod tests {
             root,
             Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
         );
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn an_unwritable_directory_is_no_cache() {
+        let dir = std::env::temp_dir().join(format!("attrib-ro-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(writable(&dir.join("made")));
+        let file = dir.join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        // A path under a regular file can be neither made nor written.
+        assert!(!writable(&file.join("cache")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
