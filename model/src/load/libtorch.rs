@@ -44,9 +44,15 @@ pub(crate) fn from_data<B: Backend, const D: usize>(
     let host = unsafe {
         tch::Tensor::from_blob(bytes.as_ptr(), &dims, &strides, source, tch::Device::Cpu)
     };
-    let moved = if device != tch::Device::Cpu && source != target && !dims.is_empty() {
-        let rows = (CONVERT_BYTES / (bytes.len() / dims[0].max(1) as usize).max(1)).max(1);
-        by_rows(&host, device, target, rows as i64)
+    // A weight larger than one step (so not a scalar, and with rows) is converted by rows.
+    let moved = if device != tch::Device::Cpu && source != target && bytes.len() > CONVERT_BYTES {
+        let row_bytes = bytes.len() / dims[0] as usize;
+        by_rows(
+            &host,
+            device,
+            target,
+            (CONVERT_BYTES / row_bytes).max(1) as i64,
+        )
     } else {
         host.to_device(device).to_kind(target)
     };
