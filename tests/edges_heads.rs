@@ -73,11 +73,12 @@ fn a_layers_heads_sum_to_its_attention_node_and_edges_out_of_a_node_to_its_signe
     }
 }
 
-#[test]
-fn the_last_lens_row_is_the_models_own_prediction() {
+/// The lens after the last sublayer is the model's own prediction: its top five and the
+/// target's logit equal the forward pass's logits bit for bit, on backend `B`.
+fn the_last_lens_row_is_the_prediction_on<B: burn::tensor::backend::Backend>() {
     use attrib::attribution::{attribute_loaded_with, Options};
 
-    let model = load("tiny-untied");
+    let model = common::load_fixture::<Autodiff<B>>("tiny-untied");
     let with_lens = Options {
         lens: true,
         ..Options::default()
@@ -91,9 +92,8 @@ fn the_last_lens_row_is_the_models_own_prediction() {
             &mut |_| {},
         )
         .unwrap();
-        assert!(run(&model, &case.input_ids, Objective::default())
-            .lens
-            .is_empty());
+        let plain = attribute_loaded(&model, &case.input_ids, Objective::default(), &mut |_| {});
+        assert!(plain.unwrap().lens.is_empty());
         assert_eq!(out.lens.len(), out.nodes.len());
         assert_eq!(out.lens[0].after, "embeddings");
         let last = out.lens.last().unwrap();
@@ -111,6 +111,21 @@ fn the_last_lens_row_is_the_models_own_prediction() {
         assert_eq!(last.target_logit, logits[out.target_id as usize]);
         assert_eq!(last.target_rank, 1);
     }
+}
+
+#[test]
+fn the_last_lens_row_is_the_models_own_prediction() {
+    the_last_lens_row_is_the_prediction_on::<TestBackend>();
+}
+
+/// flex ranks the lens with its own kernels (a bf16 screen on CPUs with AVX-512 BF16) and
+/// computes heads in one pass over o_proj: the same checks as on the test backend.
+#[cfg(feature = "flex")]
+#[test]
+fn lens_edges_and_heads_on_flex() {
+    the_last_lens_row_is_the_prediction_on::<burn::backend::Flex>();
+    check_edges_and_heads::<burn::backend::Flex>("tiny-tied", F32_PEERS);
+    check_edges_and_heads::<burn::backend::Flex>("tiny-untied", F32_PEERS);
 }
 
 #[test]

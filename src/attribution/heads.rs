@@ -55,22 +55,33 @@ pub fn layer_heads<B: Backend>(
             .sum_dim(0)
             .reshape([heads]),
     )?;
-    // Each head's contribution `z_h · W_o[:, h]ᵀ` as one 2-D product of column blocks (views,
-    // read in place), times the gradient, squared and summed over the hidden dims.
+    // Each head's contribution `z_h · W_o[:, h]ᵀ`, times the gradient, squared and summed
+    // over the hidden dims: in one pass over o_proj where the backend has a kernel for it,
+    // else as one 2-D product of column blocks (views, read in place) per head.
     let z = z.reshape([seq, width]);
     let grad_out = grad_out.reshape([seq, hidden]);
-    let per_position: Vec<Tensor<B, 2>> = (0..heads)
-        .map(|h| {
-            let columns = h * head_dim..(h + 1) * head_dim;
-            let z_h = z.clone().slice([0..seq, columns.clone()]);
-            let w_h = o_proj.clone().slice([0..hidden, columns]);
-            (z_h.matmul(w_h.transpose()) * grad_out.clone())
-                .square()
-                .sum_dim(1)
-                .reshape([1, seq])
-        })
-        .collect();
-    let squares = to_vec(Tensor::cat(per_position, 0))?;
+    let squares = match crate::model::matmul::head_squares(
+        &to_vec(z.clone())?,
+        &to_vec(grad_out.clone())?,
+        (seq, heads),
+        o_proj.clone(),
+    ) {
+        Some(squares) => squares,
+        None => {
+            let per_position: Vec<Tensor<B, 2>> = (0..heads)
+                .map(|h| {
+                    let columns = h * head_dim..(h + 1) * head_dim;
+                    let z_h = z.clone().slice([0..seq, columns.clone()]);
+                    let w_h = o_proj.clone().slice([0..hidden, columns]);
+                    (z_h.matmul(w_h.transpose()) * grad_out.clone())
+                        .square()
+                        .sum_dim(1)
+                        .reshape([1, seq])
+                })
+                .collect();
+            to_vec(Tensor::cat(per_position, 0))?
+        }
+    };
     Ok((0..heads)
         .map(|h| {
             let row = &squares[h * seq..(h + 1) * seq];

@@ -38,9 +38,12 @@ pub struct LensRow {
     top: Vec<(u32, f32)>,
 }
 
+/// The highest tokens each lens entry lists.
+pub const TOP: usize = 5;
+
 impl LensRow {
     /// The five highest kept.
-    const K: usize = 5;
+    const K: usize = TOP;
 
     /// An empty row for a target whose logit is `target_logit`.
     pub fn new(target_logit: f32) -> Self {
@@ -49,6 +52,17 @@ impl LensRow {
             above: 0,
             top: Vec::with_capacity(Self::K + 1),
         }
+    }
+
+    /// A row already ranked: `above` logits exceed the target's, and the highest lie among
+    /// `candidates` (id, logit), in any order.
+    pub fn ranked(target_logit: f32, above: usize, candidates: &[(u32, f32)]) -> Self {
+        let mut row = Self::new(target_logit);
+        row.above = above;
+        for &(id, l) in candidates {
+            row.offer(id, l);
+        }
+        row
     }
 
     /// The logits of ids `first, first + 1, …`.

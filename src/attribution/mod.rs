@@ -558,9 +558,7 @@ fn pruned_faithfulness<B: Backend>(
 /// entries are 3.7 MB, reused from one slice to the next.
 const LENS_SLICE: usize = 1 << 14;
 
-/// The final norm and LM head on the residual stream after each node, at `position`; the
-/// vocabulary is read a slice at a time, the target's slice first (its logit decides the
-/// ranks).
+/// The final norm and LM head on the residual stream after each node, at `position`.
 fn logit_lens<B: Backend>(
     model: &Qwen2ForCausalLM<Autodiff<B>>,
     nodes: &[(Site, &[f32])],
@@ -587,6 +585,33 @@ fn logit_lens<B: Backend>(
         .norm
         .forward(residual)
         .reshape([sums.len(), hidden]);
+    // On CPUs with AVX-512 BF16 the ranks come from a bf16 screen of the product with exact
+    // values where it cannot decide; elsewhere from the logits, a slice of the vocabulary at
+    // a time.
+    let rows = sums.len();
+    let read = match model.head_ranks(&to_vec(normed.clone().inner())?, rows, target_id, lens::TOP)
+    {
+        Some(ranked) => ranked
+            .into_iter()
+            .map(|r| lens::LensRow::ranked(r.target_logit, r.above, &r.candidates))
+            .collect(),
+        None => sliced_lens(model, normed, vocab, target_id)?,
+    };
+    Ok(nodes
+        .iter()
+        .zip(read)
+        .map(|((site, _), row)| row.finish(site.to_string()))
+        .collect())
+}
+
+/// The lens's rows from the logits, a slice of the vocabulary at a time, the target's slice
+/// first (its logit decides the ranks).
+fn sliced_lens<B: Backend>(
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
+    normed: Tensor<Autodiff<B>, 2>,
+    vocab: usize,
+    target_id: u32,
+) -> Result<Vec<lens::LensRow>, ModelError> {
     let target = target_id as usize;
     let first = target / LENS_SLICE;
     let order =
@@ -607,11 +632,7 @@ fn logit_lens<B: Backend>(
             row.add(ids.start as u32, logits);
         }
     }
-    Ok(nodes
-        .iter()
-        .zip(read)
-        .map(|((site, _), row)| row.finish(site.to_string()))
-        .collect())
+    Ok(read)
 }
 
 /// Reads a tensor back as f32 values.

@@ -18,7 +18,7 @@ pub fn available() -> bool {
 
 /// The sum of a vector's eight lanes.
 #[inline(always)]
-unsafe fn lane_sum(v: __m256) -> f32 {
+pub(super) unsafe fn lane_sum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_hadd_ps(s, s);
     _mm_cvtss_f32(_mm_hadd_ps(s, s))
@@ -111,6 +111,46 @@ pub unsafe fn x_wt(
             _ => dot_rows::<3>(x, m, w.add(c * k), k, y.add(c), ys),
         }
         c += (n - c).min(3);
+    }
+}
+
+/// `y[i] = Σ_p xs[i][p] · w[p]` for rows `xs[i]` of `k` floats anywhere in memory, each
+/// summed in [`x_wt`]'s order (eight lanes along `p`, the lanes, then the tail), so with the
+/// same bits; four rows at a time share each load of `w`.
+///
+/// # Safety
+/// AVX2 and FMA are present; each `xs[i]` and `w` hold `k` floats; `y` is as long as `xs`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dots(xs: &[*const f32], w: *const f32, k: usize, y: &mut [f32]) {
+    for (xs, y) in xs.chunks(4).zip(y.chunks_mut(4)) {
+        match xs.len() {
+            1 => dots_n::<1>(xs, w, k, y),
+            2 => dots_n::<2>(xs, w, k, y),
+            3 => dots_n::<3>(xs, w, k, y),
+            _ => dots_n::<4>(xs, w, k, y),
+        }
+    }
+}
+
+/// [`dots`] for exactly `N` rows.
+#[inline(always)]
+unsafe fn dots_n<const N: usize>(xs: &[*const f32], w: *const f32, k: usize, y: &mut [f32]) {
+    let k8 = k / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut p = 0;
+    while p < k8 {
+        let wv = _mm256_loadu_ps(w.add(p));
+        for a in 0..N {
+            acc[a] = _mm256_fmadd_ps(_mm256_loadu_ps(xs[a].add(p)), wv, acc[a]);
+        }
+        p += 8;
+    }
+    for a in 0..N {
+        let mut s = lane_sum(acc[a]);
+        for q in k8..k {
+            s += *xs[a].add(q) * *w.add(q);
+        }
+        y[a] = s;
     }
 }
 

@@ -13,7 +13,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::{avx2, blocked};
+use super::{avx2, blocked, heads};
 use super::{MAX_BLOCKED_ROWS, MAX_FEW_ROWS};
 #[cfg(target_arch = "x86_64")]
 use crate::flex_ops::SendPtr;
@@ -54,6 +54,93 @@ pub(super) fn try_linear<B: Backend>(
     match flex_ops::run::<B, _, 1>(op, [primitive(x)]) {
         Ok(y) => Ok(tensor(y)),
         Err([x]) => Err((tensor(x), tensor(weight), bias.map(tensor))),
+    }
+}
+
+/// See [`super::rank_rows`].
+pub(super) fn rank_rows<B: Backend>(
+    x: &[f32],
+    m: usize,
+    weight: Tensor<B, 2>,
+    target: usize,
+    top: usize,
+) -> Option<Vec<super::Ranked>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let weight = dense_constant::<B>(&primitive(weight))?;
+        let (w, n, k) = weight_rows(&weight)?;
+        if x.len() != m * k {
+            return None;
+        }
+        super::screen::rank_rows(x, m, w, n, k, target, top)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, m, weight, target, top);
+        None
+    }
+}
+
+/// See [`super::head_squares`].
+pub(super) fn head_squares<B: Backend>(
+    z: &[f32],
+    g: &[f32],
+    (seq, heads): (usize, usize),
+    weight: Tensor<B, 2>,
+) -> Option<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !avx2::available() || heads == 0 {
+            return None;
+        }
+        let weight = dense_constant::<B>(&primitive(weight))?;
+        let (w, hidden, width) = weight_rows(&weight)?;
+        let hd = width / heads;
+        if hd * heads != width || !hd.is_multiple_of(heads::STEP) {
+            return None;
+        }
+        if z.len() != seq * width || g.len() != seq * hidden {
+            return None;
+        }
+        // A few ranges of the weight's rows per thread, each summed into its own buffer.
+        let per = hidden
+            .div_ceil(4 * rayon::current_num_threads().max(1))
+            .max(1);
+        let parts: Vec<Vec<f32>> = (0..hidden.div_ceil(per))
+            .into_par_iter()
+            .map(|part| {
+                let d0 = part * per;
+                let rows = per.min(hidden - d0);
+                let mut out = vec![0f32; heads * seq];
+                // SAFETY: `available()`; `z` is `seq × width`, rows `d0 .. d0 + rows` of
+                // `w` exist, `g` is `seq × hidden` read at `p·hidden + d0 + d`, and `out`
+                // holds `heads × seq`.
+                unsafe {
+                    heads::squares(
+                        z.as_ptr(),
+                        seq,
+                        (heads, hd),
+                        w.as_ptr().add(d0 * width),
+                        rows,
+                        g.as_ptr().add(d0),
+                        hidden,
+                        &mut out,
+                    )
+                };
+                out
+            })
+            .collect();
+        let mut parts = parts.into_iter();
+        let mut sum = parts.next()?;
+        for part in parts {
+            sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        Some(sum)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (z, g, seq, heads, weight);
+        None
     }
 }
 

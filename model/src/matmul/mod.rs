@@ -18,6 +18,12 @@
 //!
 //! One row without AVX2, weights that need a gradient, and every other backend take the
 //! backend's matmul with `Wᵀ` as a transposed view.
+//!
+//! Two reductions of such products have their own kernels on flex, where the product itself
+//! is not needed: [`rank_rows`] (the logit lens's ranks: a bf16 screen of the LM head on CPUs
+//! with AVX-512 BF16, exact f32 values where it cannot decide; see `screen.rs`) and
+//! [`head_squares`] (each attention head's contribution through o_proj, squared against the
+//! gradient, in one pass over the weight; see `heads.rs`).
 
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod avx2;
@@ -25,6 +31,10 @@ mod avx2;
 mod blocked;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod heads;
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod screen;
 
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -96,5 +106,62 @@ pub fn linear<B: Backend>(
                 None => y,
             }
         }
+    }
+}
+
+/// One row of `x · Wᵀ` ranked against a target column ([`rank_rows`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    /// The row's entry at the target column.
+    pub target_logit: f32,
+    /// How many entries exceed it.
+    pub above: usize,
+    /// `(column, entry)` pairs among which the row's highest entries lie (the requested
+    /// number of them, ties included), with their exact values; possibly more.
+    pub candidates: Vec<(u32, f32)>,
+}
+
+/// For each of the `m` rows of `x` (`m × k`, row-major), its entry of `x · Wᵀ` at column
+/// `target`, how many entries exceed it, and candidates for its `top` highest, each entry
+/// as the one-row product computes it, without writing the `m × n` product. On flex with a
+/// CPU that has AVX-512 BF16 (a bf16 screen, exact values where it cannot decide); `None`
+/// elsewhere.
+///
+/// # Shapes
+/// - `x`: `m × k` floats, `weight`: `[n, k]`
+pub fn rank_rows<B: Backend>(
+    x: &[f32],
+    m: usize,
+    weight: Tensor<B, 2>,
+    target: usize,
+    top: usize,
+) -> Option<Vec<Ranked>> {
+    #[cfg(feature = "flex")]
+    return flex::rank_rows(x, m, weight, target, top);
+    #[allow(unreachable_code)]
+    {
+        let _ = (x, m, weight, target, top);
+        None
+    }
+}
+
+/// Each attention head's contribution through o_proj, weighted by the gradient there and
+/// squared, summed over the hidden dims: `[heads × seq]` values `Σ_d (c_h[p][d] · g[p][d])²`
+/// with `c_h[p] = z_h[p] · W_hᵀ`, `z_h` head h's slice of o_proj's input `z` (`seq ×
+/// heads·head_dim`), `W_h` its columns of `weight` (`[hidden, heads·head_dim]`), `g` the
+/// gradient at o_proj's output (`seq × hidden`). On flex with AVX2 and FMA, reading the
+/// weight once; `None` elsewhere.
+pub fn head_squares<B: Backend>(
+    z: &[f32],
+    g: &[f32],
+    (seq, heads): (usize, usize),
+    weight: Tensor<B, 2>,
+) -> Option<Vec<f32>> {
+    #[cfg(feature = "flex")]
+    return flex::head_squares(z, g, (seq, heads), weight);
+    #[allow(unreachable_code)]
+    {
+        let _ = (z, g, seq, heads, weight);
+        None
     }
 }

@@ -1,0 +1,652 @@
+//! Ranks in `x · Wᵀ` for a few dozen rows on CPUs with AVX-512 BF16: every entry screened
+//! in bf16, exact f32 values only where the screen cannot decide.
+//!
+//! The logit lens needs, for each of its rows (57 for Qwen2.5-1.5B), the target's logit, how
+//! many entries exceed it and the five highest: the whole LM head against every row, a
+//! compute-bound product (27 GFLOP there). `vdpbf16ps` does twice the multiply-adds of an f32
+//! FMA per instruction, so the screen costs about half the f32 product.
+//!
+//! Each screened entry `A` (bf16 operands `x̂`, `ŵ`, f32 sums) comes with a bound on its
+//! distance from `F`, the entry [`avx2::x_wt`] computes in f32 (the model's own one-row head):
+//!
+//! `|A − F| ≤ (‖δx‖ + γ_A‖x̂‖ + γ_F‖x‖)·‖w‖ + (1 + γ_A)·‖x̂‖·‖δw‖ + slack`
+//!
+//! where `δ` are the bf16 rounding errors (`x = x̂ + δx`), `γ_n = n·2⁻²⁴ / (1 − n·2⁻²⁴)` bounds
+//! a chain of `n` f32 roundings (Cauchy–Schwarz turns `Σ|x̂ᵢŵᵢ|` into norms), and `slack`
+//! covers flushed subnormals, the norms' own rounding and the screen's f32 comparisons. An
+//! entry whose `A − e` exceeds the target's `F` is above it, one whose `A + e` does not reach
+//! it is not; the rest get their `F`. Every entry whose `A + e` reaches the fifth-highest
+//! lower bound seen so far also gets its `F`: the five highest are found among exact values.
+//! The results are therefore those of the f32 product, entry for entry.
+//!
+//! Every function here is `unsafe` or checks [`available`] itself.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::avx2;
+use super::Ranked;
+
+/// Rows of `x` per register tile.
+const TILE_ROWS: usize = 3;
+/// Rows of `W` per register tile: 3 × 6 = 18 accumulators in zmm0-17, the operands in
+/// zmm18-21.
+const TILE_TOKENS: usize = 6;
+/// Rows of `W` converted to bf16 at a time: 48 rows of 1,536 are 144 KiB, in L2 with their
+/// f32 source, which the exact values read again.
+const BLOCK: usize = 48;
+/// Blocks per parallel task.
+const BLOCKS_PER_TASK: usize = 16;
+/// Floats per `vdpbf16ps` operand (32 bf16).
+const CHUNK: usize = 32;
+
+/// Whether this CPU runs the screen (AVX-512 F and BF16, and the f32 kernels).
+pub fn available() -> bool {
+    avx2::available()
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bf16")
+}
+
+/// `γ_n` for f32: the relative error bound of a chain of `n` roundings.
+fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * f64::powi(2.0, -24);
+    nu / (1.0 - nu)
+}
+
+/// One row of `x`: its exact f32 values, and the constants of its bound
+/// `e = p·‖w‖ + q·‖δw‖ + s`.
+struct Row {
+    /// The target's exact entry.
+    target: f32,
+    /// Coefficient of `‖w‖`.
+    p: f32,
+    /// Coefficient of `‖δw‖`.
+    q: f32,
+    /// Absolute slack.
+    s: f32,
+}
+
+/// One row's running result within a task.
+struct Partial {
+    /// Entries known to exceed the target's.
+    above: usize,
+    /// Entries that may rank among the highest: column and upper bound.
+    candidates: Vec<(u32, f32)>,
+    /// The highest lower bounds seen, descending (at most `top`).
+    lows: Vec<f32>,
+    /// The `top`-th highest lower bound seen, −∞ until there are `top`.
+    bar: f32,
+}
+
+impl Partial {
+    /// Nothing seen.
+    fn new() -> Self {
+        Self {
+            above: 0,
+            candidates: Vec::new(),
+            lows: Vec::new(),
+            bar: f32::NEG_INFINITY,
+        }
+    }
+
+    /// Keeps `low` if it is among the `top` highest lower bounds (a NaN bound is none).
+    fn offer(&mut self, low: f32, top: usize) {
+        if !low.is_nan() && (self.lows.len() < top || low > self.bar) {
+            let at = self.lows.partition_point(|&l| l >= low);
+            self.lows.insert(at, low);
+            self.lows.truncate(top);
+            if self.lows.len() == top {
+                self.bar = self.lows[top - 1];
+            }
+        }
+    }
+}
+
+/// For each of the `m` rows of `x` (`m × k`): the entry at `target`, how many of the `n`
+/// entries of `x · Wᵀ` exceed it, and the exact entries among which the `top` highest lie.
+/// `None` without AVX-512 BF16, or when `k` is not a multiple of 32.
+pub fn rank_rows(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    target: usize,
+    top: usize,
+) -> Option<Vec<Ranked>> {
+    if !available() || !k.is_multiple_of(CHUNK) || k == 0 || m == 0 || target >= n {
+        return None;
+    }
+    assert!(x.len() >= m * k && w.len() >= n * k);
+    let padded = m.next_multiple_of(TILE_ROWS);
+    let mut xb = vec![0u16; padded * k];
+    // SAFETY: `available()`; `x` holds `m × k` floats, `xb` `padded × k ≥ m × k` halves.
+    unsafe { convert_rows(x.as_ptr(), m, k, xb.as_mut_ptr(), None) };
+    let rows: Vec<Row> = (0..m)
+        .map(|r| {
+            let row = &x[r * k..][..k];
+            let halves = &xb[r * k..][..k];
+            let (mut x2, mut xb2, mut d2) = (0f64, 0f64, 0f64);
+            for (&v, &h) in row.iter().zip(halves) {
+                let b = f32::from_bits((h as u32) << 16) as f64;
+                x2 += (v as f64) * (v as f64);
+                xb2 += b * b;
+                d2 += (v as f64 - b) * (v as f64 - b);
+            }
+            let (xn, xbn, dn) = (x2.sqrt(), xb2.sqrt(), d2.sqrt());
+            // γ_A: each lane sums two products per chunk, then 16 lanes in four steps; γ_F
+            // takes the longest chain any f32 dot product of length k can have.
+            let (ga, gf) = (gamma(k / 16 + 8), gamma(k));
+            // Flushed subnormals: at most 2⁻¹²⁶ per product and per sum, scaled by the
+            // other operand's norm; the norms' rounding and the f32 comparisons: 0.1% and
+            // 2⁻¹⁸·‖x̂‖ per unit of ‖w‖.
+            let tiny = k as f64 * f64::powi(2.0, -125);
+            let safety = 1.001;
+            let p = (dn + ga * xbn + gf * xn + tiny + f64::powi(2.0, -18) * xbn) * safety;
+            let q = ((1.0 + ga) * xbn + f64::powi(2.0, -18) * xbn) * safety;
+            let s = tiny * (xbn + 1.0) * safety;
+            Row {
+                target: exact(x, w, k, r, target),
+                p: p as f32 * (1.0 + 1e-6),
+                q: q as f32 * (1.0 + 1e-6),
+                s: s as f32 * (1.0 + 1e-6),
+            }
+        })
+        .collect();
+
+    let blocks = n.div_ceil(BLOCK);
+    let tasks = blocks.div_ceil(BLOCKS_PER_TASK);
+    let partials: Vec<Vec<Partial>> = (0..tasks)
+        .into_par_iter()
+        .map(|task| {
+            let first = task * BLOCKS_PER_TASK;
+            let last = (first + BLOCKS_PER_TASK).min(blocks);
+            let mut out: Vec<Partial> = (0..m).map(|_| Partial::new()).collect();
+            let mut wb = vec![0u16; BLOCK * k];
+            let (mut wnorm, mut dnorm) = ([0f32; BLOCK], [0f32; BLOCK]);
+            let mut screened = vec![0f32; padded * BLOCK];
+            // Per row of the block, the rows of x whose entries the screen left undecided.
+            let mut pending: Vec<Vec<usize>> = vec![Vec::new(); BLOCK];
+            let mut values = Vec::with_capacity(m);
+            for block in first..last {
+                let j0 = block * BLOCK;
+                let nb = BLOCK.min(n - j0);
+                // SAFETY: `available()`; rows `j0 .. j0 + nb` of `w` exist; `wb` holds
+                // `BLOCK × k` halves and `wnorm`, `dnorm` `BLOCK` floats; the tiles read
+                // `xb`'s `padded` rows and the block's (zero-padded) `BLOCK` rows; the
+                // prefetched lines lie in the rows after the block.
+                unsafe {
+                    convert_rows(
+                        w.as_ptr().add(j0 * k),
+                        nb,
+                        k,
+                        wb.as_mut_ptr(),
+                        Some((&mut wnorm, &mut dnorm)),
+                    );
+                    wb[nb * k..].fill(0);
+                    // The next block's rows, fetched from memory while this one is
+                    // multiplied: a share of its cache lines before each tile.
+                    let next = w[(j0 + nb) * k..][..BLOCK.min(n - j0 - nb) * k].as_ptr();
+                    let lines = BLOCK.min(n - j0 - nb) * k / 16;
+                    let tiles = nb.div_ceil(TILE_TOKENS) * (padded / TILE_ROWS);
+                    let per_tile = lines.div_ceil(tiles);
+                    let mut fetched = 0;
+                    for t0 in (0..nb).step_by(TILE_TOKENS) {
+                        for r0 in (0..padded).step_by(TILE_ROWS) {
+                            for line in fetched..(fetched + per_tile).min(lines) {
+                                _mm_prefetch::<_MM_HINT_T1>(next.add(line * 16) as *const i8);
+                            }
+                            fetched += per_tile;
+                            tile(
+                                xb.as_ptr().add(r0 * k),
+                                wb.as_ptr().add(t0 * k),
+                                k,
+                                screened.as_mut_ptr().add(r0 * BLOCK + t0),
+                                BLOCK,
+                            );
+                        }
+                    }
+                }
+                for (r, (row, part)) in rows.iter().zip(&mut out).enumerate() {
+                    // SAFETY: `available()`; the slices hold the block's `nb` columns.
+                    unsafe {
+                        classify(
+                            row,
+                            &screened[r * BLOCK..][..nb],
+                            (&wnorm[..nb], &dnorm[..nb]),
+                            (r, j0),
+                            part,
+                            &mut pending,
+                            top,
+                        )
+                    };
+                }
+                // The undecided entries' exact values, several rows per read of a row of W.
+                for (t, rows_of) in pending.iter_mut().enumerate().take(nb) {
+                    let xs: Vec<*const f32> =
+                        rows_of.iter().map(|&r| x[r * k..].as_ptr()).collect();
+                    values.resize(xs.len(), 0.0);
+                    // SAFETY: `available()` implies AVX2 and FMA; each row holds `k` floats.
+                    unsafe { avx2::dots(&xs, w[(j0 + t) * k..].as_ptr(), k, &mut values) };
+                    for (&r, &v) in rows_of.iter().zip(&values) {
+                        out[r].above += usize::from(v > rows[r].target);
+                    }
+                    rows_of.clear();
+                }
+            }
+            out
+        })
+        .collect();
+
+    // Merged: the tasks' counts add up; a candidate stays if its upper bound reaches the
+    // row's `top`-th highest lower bound over all tasks, and gets its exact value.
+    let mut merged: Vec<Partial> = (0..m).map(|_| Partial::new()).collect();
+    for task in partials {
+        for (into, part) in merged.iter_mut().zip(task) {
+            into.above += part.above;
+            into.candidates.extend(part.candidates);
+            into.lows.extend(part.lows);
+        }
+    }
+    let ranked: Vec<Ranked> = merged
+        .into_iter()
+        .zip(&rows)
+        .enumerate()
+        .map(|(r, (mut part, row))| {
+            part.lows.sort_by(|a, b| b.total_cmp(a));
+            let bar = match part.lows.len() >= top && top > 0 {
+                true => part.lows[top - 1],
+                false => f32::NEG_INFINITY,
+            };
+            let candidates = part
+                .candidates
+                .into_iter()
+                .filter(|&(_, upper)| upper >= bar || upper.is_nan())
+                .map(|(id, _)| (id, exact(x, w, k, r, id as usize)))
+                .collect();
+            Ranked {
+                target_logit: row.target,
+                above: part.above,
+                candidates,
+            }
+        })
+        .collect();
+    Some(ranked)
+}
+
+/// The f32 entry `x[r] · w[j]`, as the model's one-row head computes it.
+fn exact(x: &[f32], w: &[f32], k: usize, r: usize, j: usize) -> f32 {
+    let mut y = [0f32];
+    // SAFETY: `available()` was checked by the caller (it implies AVX2 and FMA); row `r` of
+    // `x` and row `j` of `w` hold `k` floats each.
+    unsafe { avx2::dots(&[x[r * k..].as_ptr()], w[j * k..].as_ptr(), k, &mut y) };
+    y[0]
+}
+
+/// Settles one row of `x` against a block of columns starting at `j0`: entries above the
+/// target are counted, undecided ones queued in `pending` (by column) for exact values, and
+/// candidates for the highest kept with their upper bounds. Sixteen columns at a time; the
+/// candidates are tested against the bar as it stood before their sixteen, which can only
+/// keep more of them.
+///
+/// # Safety
+/// AVX-512 F is present; `screened`, `wn` and `dn` have the same length, at most
+/// `pending.len()`.
+#[target_feature(enable = "avx512f")]
+unsafe fn classify(
+    row: &Row,
+    screened: &[f32],
+    (wn, dn): (&[f32], &[f32]),
+    (r, j0): (usize, usize),
+    part: &mut Partial,
+    pending: &mut [Vec<usize>],
+    top: usize,
+) {
+    let n = screened.len();
+    let (p, q, s) = (
+        _mm512_set1_ps(row.p),
+        _mm512_set1_ps(row.q),
+        _mm512_set1_ps(row.s),
+    );
+    let target = _mm512_set1_ps(row.target);
+    let mut lows = [0f32; 16];
+    for t in (0..n).step_by(16) {
+        let lanes: __mmask16 = match n - t {
+            16.. => 0xffff,
+            short => (1u16 << short) - 1,
+        };
+        let a = _mm512_maskz_loadu_ps(lanes, screened.as_ptr().add(t));
+        let e = _mm512_fmadd_ps(
+            p,
+            _mm512_maskz_loadu_ps(lanes, wn.as_ptr().add(t)),
+            _mm512_fmadd_ps(q, _mm512_maskz_loadu_ps(lanes, dn.as_ptr().add(t)), s),
+        );
+        let (low, high) = (_mm512_sub_ps(a, e), _mm512_add_ps(a, e));
+        // Above: low > target; not above: high <= target; undecided otherwise (NaN too).
+        let above = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(lanes, low, target);
+        let below = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(lanes, high, target);
+        part.above += above.count_ones() as usize;
+        let mut undecided = lanes & !above & !below;
+        while undecided != 0 {
+            pending[t + undecided.trailing_zeros() as usize].push(r);
+            undecided &= undecided - 1;
+        }
+        if top == 0 {
+            continue;
+        }
+        // Candidates: all but those whose upper bound is below the bar (NaN stays).
+        let bar = _mm512_set1_ps(part.bar);
+        let mut keep = lanes & !_mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(lanes, high, bar);
+        if keep != 0 {
+            let mut highs = [0f32; 16];
+            _mm512_storeu_ps(highs.as_mut_ptr(), high);
+            while keep != 0 {
+                let i = keep.trailing_zeros() as usize;
+                part.candidates.push(((j0 + t + i) as u32, highs[i]));
+                keep &= keep - 1;
+            }
+        }
+        let mut enter = match part.lows.len() < top {
+            true => lanes,
+            false => _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(lanes, low, bar),
+        };
+        if enter != 0 {
+            _mm512_storeu_ps(lows.as_mut_ptr(), low);
+            while enter != 0 {
+                part.offer(lows[enter.trailing_zeros() as usize], top);
+                enter &= enter - 1;
+            }
+        }
+    }
+}
+
+/// `rows` rows of `src` (`k` floats each, `k` a multiple of 32) rounded to bf16 (to nearest,
+/// ties to even) into `dst`; with `norms`, each row's `(‖w‖, ‖w − ŵ‖)`.
+///
+/// # Safety
+/// AVX-512 F and BF16 are present; `src` holds `rows × k` floats, `dst` `rows × k` halves,
+/// and `norms` (if any) two slices of `rows` floats.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn convert_rows(
+    src: *const f32,
+    rows: usize,
+    k: usize,
+    dst: *mut u16,
+    mut norms: Option<(&mut [f32], &mut [f32])>,
+) {
+    for t in 0..rows {
+        let (mut sw, mut sd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for c in (0..k).step_by(CHUNK) {
+            let lo = _mm512_loadu_ps(src.add(t * k + c));
+            let hi = _mm512_loadu_ps(src.add(t * k + c + 16));
+            // The second operand fills the lower half: elements c .. c + 32 in order.
+            let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.add(t * k + c) as *mut __m512i, halves);
+            if norms.is_some() {
+                // bf16 to f32: the 16 bits become the high half of the f32.
+                let widen = |h: __m256i| {
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                };
+                let blo = widen(_mm512_castsi512_si256(halves));
+                let bhi = widen(_mm512_extracti64x4_epi64::<1>(halves));
+                let (dlo, dhi) = (_mm512_sub_ps(lo, blo), _mm512_sub_ps(hi, bhi));
+                sw = _mm512_fmadd_ps(lo, lo, _mm512_fmadd_ps(hi, hi, sw));
+                sd = _mm512_fmadd_ps(dlo, dlo, _mm512_fmadd_ps(dhi, dhi, sd));
+            }
+        }
+        if let Some((wn, dn)) = norms.as_mut() {
+            wn[t] = _mm512_reduce_add_ps(sw).sqrt();
+            dn[t] = _mm512_reduce_add_ps(sd).sqrt();
+        }
+    }
+}
+
+/// `y[r·ys + t] = Σ_p x̂[r][p] · ŵ[t][p]` for `r < 3`, `t < 6`, in bf16 with f32 sums.
+///
+/// The loop is written out: the compiler's own allocation of the 18 accumulators moved
+/// them between registers on every step (the instruction's accumulator is also its output).
+///
+/// # Safety
+/// AVX-512 F and BF16 are present; `x` holds 3 rows and `w` 6 rows of `k` halves (`k` a
+/// positive multiple of 32); `y` is writable at `r·ys + t`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile(x: *const u16, w: *const u16, k: usize, y: *mut f32, ys: usize) {
+    let mut acc = [_mm512_setzero_ps(); TILE_ROWS * TILE_TOKENS];
+    std::arch::asm!(
+            "vxorps zmm0, zmm0, zmm0",
+            "vxorps zmm1, zmm1, zmm1",
+            "vxorps zmm2, zmm2, zmm2",
+            "vxorps zmm3, zmm3, zmm3",
+            "vxorps zmm4, zmm4, zmm4",
+            "vxorps zmm5, zmm5, zmm5",
+            "vxorps zmm6, zmm6, zmm6",
+            "vxorps zmm7, zmm7, zmm7",
+            "vxorps zmm8, zmm8, zmm8",
+            "vxorps zmm9, zmm9, zmm9",
+            "vxorps zmm10, zmm10, zmm10",
+            "vxorps zmm11, zmm11, zmm11",
+            "vxorps zmm12, zmm12, zmm12",
+            "vxorps zmm13, zmm13, zmm13",
+            "vxorps zmm14, zmm14, zmm14",
+            "vxorps zmm15, zmm15, zmm15",
+            "vxorps zmm16, zmm16, zmm16",
+            "vxorps zmm17, zmm17, zmm17",
+            "2:",
+            "vmovups zmm18, [{x0}]",
+            "vmovups zmm19, [{x0} + {kb}]",
+            "vmovups zmm20, [{x0} + {kb}*2]",
+            "vmovups zmm21, [{w0}]",
+            "vdpbf16ps zmm0, zmm18, zmm21",
+            "vdpbf16ps zmm1, zmm19, zmm21",
+            "vdpbf16ps zmm2, zmm20, zmm21",
+            "vmovups zmm21, [{w0} + {kb}]",
+            "vdpbf16ps zmm3, zmm18, zmm21",
+            "vdpbf16ps zmm4, zmm19, zmm21",
+            "vdpbf16ps zmm5, zmm20, zmm21",
+            "vmovups zmm21, [{w0} + {kb}*2]",
+            "vdpbf16ps zmm6, zmm18, zmm21",
+            "vdpbf16ps zmm7, zmm19, zmm21",
+            "vdpbf16ps zmm8, zmm20, zmm21",
+            "vmovups zmm21, [{w3}]",
+            "vdpbf16ps zmm9, zmm18, zmm21",
+            "vdpbf16ps zmm10, zmm19, zmm21",
+            "vdpbf16ps zmm11, zmm20, zmm21",
+            "vmovups zmm21, [{w3} + {kb}]",
+            "vdpbf16ps zmm12, zmm18, zmm21",
+            "vdpbf16ps zmm13, zmm19, zmm21",
+            "vdpbf16ps zmm14, zmm20, zmm21",
+            "vmovups zmm21, [{w3} + {kb}*2]",
+            "vdpbf16ps zmm15, zmm18, zmm21",
+            "vdpbf16ps zmm16, zmm19, zmm21",
+            "vdpbf16ps zmm17, zmm20, zmm21",
+            "add {x0}, 64",
+            "add {w0}, 64",
+            "add {w3}, 64",
+            "dec {n}",
+            "jnz 2b",
+        x0 = inout(reg) x => _,
+        w0 = inout(reg) w => _,
+        w3 = inout(reg) w.add(3 * k) => _,
+        kb = in(reg) 2 * k,
+        n = inout(reg) k / CHUNK => _,
+            out("zmm0") acc[0],
+            out("zmm1") acc[1],
+            out("zmm2") acc[2],
+            out("zmm3") acc[3],
+            out("zmm4") acc[4],
+            out("zmm5") acc[5],
+            out("zmm6") acc[6],
+            out("zmm7") acc[7],
+            out("zmm8") acc[8],
+            out("zmm9") acc[9],
+            out("zmm10") acc[10],
+            out("zmm11") acc[11],
+            out("zmm12") acc[12],
+            out("zmm13") acc[13],
+            out("zmm14") acc[14],
+            out("zmm15") acc[15],
+            out("zmm16") acc[16],
+            out("zmm17") acc[17],
+        out("zmm18") _,
+        out("zmm19") _,
+        out("zmm20") _,
+        out("zmm21") _,
+        options(nostack, readonly),
+    );
+    for t in 0..TILE_TOKENS {
+        for r in 0..TILE_ROWS {
+            *y.add(r * ys + t) = _mm512_reduce_add_ps(acc[t * TILE_ROWS + r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row's rank and top entries by brute force, with the same exact entries.
+    fn brute(
+        x: &[f32],
+        m: usize,
+        w: &[f32],
+        n: usize,
+        k: usize,
+        target: usize,
+    ) -> Vec<(f32, usize, Vec<f32>)> {
+        (0..m)
+            .map(|r| {
+                let all: Vec<f32> = (0..n).map(|j| exact(x, w, k, r, j)).collect();
+                let t = all[target];
+                let above = all.iter().filter(|&&v| v > t).count();
+                let mut sorted = all.clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                sorted.truncate(5);
+                (t, above, sorted)
+            })
+            .collect()
+    }
+
+    /// The screen's results equal brute force: the target's entry, the count above it, and
+    /// the five highest entries found among the candidates.
+    fn check(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, target: usize) {
+        let ranked = rank_rows(x, m, w, n, k, target, 5).expect("AVX-512 BF16");
+        let expected = brute(x, m, w, n, k, target);
+        for (r, (got, (t, above, top))) in ranked.iter().zip(expected).enumerate() {
+            assert_eq!(got.target_logit, t, "row {r}");
+            assert_eq!(got.above, above, "row {r}");
+            let mut values: Vec<f32> = got.candidates.iter().map(|c| c.1).collect();
+            for &(id, v) in &got.candidates {
+                assert_eq!(v, exact(x, w, k, r, id as usize), "row {r} id {id}");
+            }
+            values.sort_by(|a, b| b.total_cmp(a));
+            values.truncate(5);
+            assert_eq!(values, top, "row {r}");
+        }
+    }
+
+    /// A deterministic pseudo-random stream in [-1, 1).
+    fn noise(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_conversion_rounds_to_nearest_even_in_order() {
+        if !available() {
+            return;
+        }
+        let src: Vec<f32> = (0..64).map(|i| 1.0 + i as f32 * 0.001 + 1e-5).collect();
+        let mut dst = vec![0u16; 64];
+        let (mut wn, mut dn) = ([0f32; 2], [0f32; 2]);
+        // SAFETY: `available()`; two rows of 32.
+        unsafe {
+            convert_rows(
+                src.as_ptr(),
+                2,
+                32,
+                dst.as_mut_ptr(),
+                Some((&mut wn, &mut dn)),
+            )
+        };
+        let norms: Vec<(f32, f32)> = wn.into_iter().zip(dn).collect();
+        for (v, h) in src.iter().zip(&dst) {
+            let bits = v.to_bits();
+            let round = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
+            assert_eq!(*h as u32, round, "{v}");
+        }
+        for (t, (wn, dn)) in norms.iter().enumerate() {
+            let row = &src[t * 32..][..32];
+            let want: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let errs: f32 = row
+                .iter()
+                .zip(&dst[t * 32..])
+                .map(|(v, h)| (v - f32::from_bits((*h as u32) << 16)).powi(2))
+                .sum::<f32>()
+                .sqrt();
+            assert!((wn - want).abs() <= 1e-5 * want && (dn - errs).abs() <= 1e-5 * errs);
+        }
+    }
+
+    #[test]
+    fn the_screen_equals_the_exact_product() {
+        if !available() {
+            return;
+        }
+        let (m, n, k) = (7, 1000, 96);
+        let x = noise(1, m * k);
+        let w = noise(2, n * k);
+        for target in [0, 517, 999] {
+            check(&x, m, &w, n, k, target);
+        }
+    }
+
+    #[test]
+    fn near_ties_are_settled_exactly() {
+        if !available() {
+            return;
+        }
+        // Every row of W is the target's row plus a perturbation far below bf16's
+        // resolution, with an outlier column: the screen can rank almost none of them.
+        let (m, n, k) = (4, 300, 64);
+        let mut x = noise(3, m * k);
+        x[5] = 40.0;
+        let base = noise(4, k);
+        let wiggle = noise(5, n * k);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| base[i % k] * (1.0 + 1e-5 * wiggle[i]))
+            .collect();
+        check(&x, m, &w, n, k, 150);
+    }
+
+    #[test]
+    fn outliers_in_shared_columns_stay_within_the_bound() {
+        if !available() {
+            return;
+        }
+        // Large values in the same few columns of x and W (as a residual stream's massive
+        // activations meet the head): the rounding error concentrates there.
+        let (m, n, k) = (5, 2000, 128);
+        let mut x = noise(6, m * k);
+        let mut w = noise(7, n * k);
+        for r in 0..m {
+            x[r * k + 3] *= 300.0;
+            x[r * k + 77] *= -120.0;
+        }
+        for j in 0..n {
+            w[j * k + 3] *= 0.05;
+            w[j * k + 77] *= 0.2;
+        }
+        for target in [1, 1000, 1999] {
+            check(&x, m, &w, n, k, target);
+        }
+    }
+}
