@@ -23,6 +23,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use rayon::prelude::*;
 
@@ -156,6 +157,10 @@ pub fn rank_rows(
         })
         .collect();
 
+    // Per row, the highest `top`-th lower bound any task has found: a bar for all of them.
+    let bars: Vec<AtomicU32> = (0..m)
+        .map(|_| AtomicU32::new(to_ordered(f32::NEG_INFINITY)))
+        .collect();
     let blocks = n.div_ceil(BLOCK);
     let tasks = blocks.div_ceil(BLOCKS_PER_TASK);
     let partials: Vec<Vec<Partial>> = (0..tasks)
@@ -217,7 +222,7 @@ pub fn rank_rows(
                             &screened[r * BLOCK..][..nb],
                             (&wnorm[..nb], &dnorm[..nb]),
                             (r, j0),
-                            part,
+                            (part, &bars[r]),
                             &mut pending,
                             top,
                         )
@@ -289,7 +294,9 @@ fn exact(x: &[f32], w: &[f32], k: usize, r: usize, j: usize) -> f32 {
 /// target are counted, undecided ones queued in `pending` (by column) for exact values, and
 /// candidates for the highest kept with their upper bounds. Sixteen columns at a time; the
 /// candidates are tested against the bar as it stood before their sixteen, which can only
-/// keep more of them.
+/// keep more of them. The bar is the higher of this task's `top`-th lower bound and the one
+/// `shared` holds, which this task raises when it can: every task's is a lower bound on the
+/// row's `top`-th highest entry.
 ///
 /// # Safety
 /// AVX-512 F is present; `screened`, `wn` and `dn` have the same length, at most
@@ -300,11 +307,12 @@ unsafe fn classify(
     screened: &[f32],
     (wn, dn): (&[f32], &[f32]),
     (r, j0): (usize, usize),
-    part: &mut Partial,
+    (part, shared): (&mut Partial, &AtomicU32),
     pending: &mut [Vec<usize>],
     top: usize,
 ) {
     let n = screened.len();
+    let mut published = shared.load(Ordering::Relaxed);
     let (p, q, s) = (
         _mm512_set1_ps(row.p),
         _mm512_set1_ps(row.q),
@@ -336,8 +344,9 @@ unsafe fn classify(
         if top == 0 {
             continue;
         }
-        // Candidates: all but those whose upper bound is below the bar (NaN stays).
-        let bar = _mm512_set1_ps(part.bar);
+        // Candidates: all but those whose upper bound is below the bar, this task's or the
+        // highest any task has published (NaN stays).
+        let bar = _mm512_set1_ps(part.bar.max(from_ordered(published)));
         let mut keep = lanes & !_mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(lanes, high, bar);
         if keep != 0 {
             let mut highs = [0f32; 16];
@@ -348,22 +357,42 @@ unsafe fn classify(
                 keep &= keep - 1;
             }
         }
-        let mut enter = match part.lows.len() < top {
-            true => lanes,
-            false => _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(lanes, low, bar),
-        };
+        // Lower bounds at or below the bar cannot raise it (until this task has `top`, its
+        // own bar is −∞ and the published one decides).
+        let mut enter = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(lanes, low, bar);
         if enter != 0 {
             _mm512_storeu_ps(lows.as_mut_ptr(), low);
             while enter != 0 {
                 part.offer(lows[enter.trailing_zeros() as usize], top);
                 enter &= enter - 1;
             }
+            let own = to_ordered(part.bar);
+            if own > published {
+                published = shared.fetch_max(own, Ordering::Relaxed).max(own);
+            }
         }
     }
 }
 
+/// An f32 as a u32 that orders as the floats do (NaN aside).
+fn to_ordered(v: f32) -> u32 {
+    let bits = v.to_bits();
+    match bits >> 31 {
+        0 => bits | 0x8000_0000,
+        _ => !bits,
+    }
+}
+
+/// The inverse of [`to_ordered`].
+fn from_ordered(u: u32) -> f32 {
+    f32::from_bits(match u >> 31 {
+        1 => u & 0x7fff_ffff,
+        _ => !u,
+    })
+}
+
 /// `rows` rows of `src` (`k` floats each, `k` a multiple of 32) rounded to bf16 (to nearest,
-/// ties to even) into `dst`; with `norms`, each row's `(‖w‖, ‖w − ŵ‖)`.
+/// ties to even) into `dst`; with `norms`, each row's `‖w‖` and `‖w − ŵ‖`.
 ///
 /// # Safety
 /// AVX-512 F and BF16 are present; `src` holds `rows × k` floats, `dst` `rows × k` halves,
@@ -560,6 +589,26 @@ mod tests {
     }
 
     #[test]
+    fn ordered_floats_keep_their_order_and_round_trip() {
+        let values = [
+            f32::NEG_INFINITY,
+            -3.5,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-30,
+            2.0,
+            f32::INFINITY,
+        ];
+        for pair in values.windows(2) {
+            assert!(to_ordered(pair[0]) <= to_ordered(pair[1]), "{pair:?}");
+        }
+        for v in values {
+            assert_eq!(from_ordered(to_ordered(v)).to_bits(), v.to_bits());
+        }
+    }
+
+    #[test]
     fn the_conversion_rounds_to_nearest_even_in_order() {
         if !available() {
             return;
@@ -601,7 +650,8 @@ mod tests {
         if !available() {
             return;
         }
-        let (m, n, k) = (7, 1000, 96);
+        // Enough columns for several parallel tasks, which share their bars.
+        let (m, n, k) = (7, 5000, 96);
         let x = noise(1, m * k);
         let w = noise(2, n * k);
         for target in [0, 517, 999] {
