@@ -35,11 +35,12 @@ const TILE_ROWS: usize = 3;
 /// Rows of `W` per register tile: 3 × 6 = 18 accumulators in zmm0-17, the operands in
 /// zmm18-21.
 const TILE_TOKENS: usize = 6;
-/// Rows of `W` converted to bf16 at a time: 48 rows of 1,536 are 144 KiB, in L2 with their
-/// f32 source, which the exact values read again.
-const BLOCK: usize = 48;
+/// Rows of `W` converted to bf16 at a time: 24 rows of 1,536 are 72 KiB, in L2 with their
+/// f32 source (which the exact values read again), the next block being fetched, and `x`
+/// (48 rows measured slower: the exact values then read from L3).
+const BLOCK: usize = 24;
 /// Blocks per parallel task.
-const BLOCKS_PER_TASK: usize = 16;
+const BLOCKS_PER_TASK: usize = 32;
 /// Floats per `vdpbf16ps` operand (32 bf16).
 const CHUNK: usize = 32;
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# What edges, heads and the logit lens cost over node-only attribution, measured with
+# attrib's own timings (forward + backward + scores; loading and rendering excluded).
+#
+#   scripts/extras_cost.sh MODEL [REPS] [TOKENS...]
+#
+# MODEL is a model folder or GGUF file; TOKENS are prompt lengths (default: 5 64). For each
+# length the three modes (--nodes-only, the default output, --lens) run in turn, REPS times
+# (default 10), each in a fresh process, and the script prints each mode's median time, its
+# phases and its cost over node-only. Set ATTRIB to the binary (default target/release/attrib).
+set -euo pipefail
+
+model=${1:?usage: scripts/extras_cost.sh MODEL [REPS] [TOKENS...]}
+reps=${2:-10}
+shift $(($# < 2 ? $# : 2))
+lengths=("$@")
+[ ${#lengths[@]} -eq 0 ] && lengths=(5 64)
+attrib=${ATTRIB:-target/release/attrib}
+[ -x "$attrib" ] || { echo "extras_cost.sh: $attrib is not an executable (cargo build --release, or set ATTRIB)" >&2; exit 1; }
+
+# A prompt of about `n` tokens: "The capital of France is" for 5, else a sentence repeated
+# and cut to n words (most are one token each in Qwen2.5's vocabulary).
+prompt() {
+    local n=$1
+    if [ "$n" -le 5 ]; then
+        echo "The capital of France is"
+        return
+    fi
+    local sentence="The history of the city of Paris begins long before it became the capital of France, and the story of its streets, bridges and people"
+    local words=()
+    while [ ${#words[@]} -lt "$n" ]; do
+        read -ra more <<<"$sentence"
+        words+=("${more[@]}")
+    done
+    echo "${words[@]:0:$((n - 1))}"
+}
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for n in "${lengths[@]}"; do
+    text=$(prompt "$n")
+    for _ in $(seq "$reps"); do
+        for mode in nodes-only default lens; do
+            flag=()
+            [ "$mode" = nodes-only ] && flag=(--nodes-only)
+            [ "$mode" = lens ] && flag=(--lens)
+            "$attrib" --model "$model" --prompt "$text" "${flag[@]}" --json --out "$out/run" \
+                2>"$out/stderr" >"$out/$n-$mode-$RANDOM$RANDOM.json" ||
+                { cat "$out/stderr" >&2; exit 1; }
+        done
+    done
+done
+python3 - "$out" "${lengths[@]}" <<'PY'
+import glob, json, statistics, sys
+
+out, lengths = sys.argv[1], sys.argv[2:]
+print("| tokens | mode | runs | forward s | backward s | scores s | total s | over node-only |")
+print("|---|---|---|---|---|---|---|---|")
+for n in lengths:
+    base = None
+    for mode in ("nodes-only", "default", "lens"):
+        runs = [json.load(open(p)) for p in glob.glob(f"{out}/{n}-{mode}-*.json")]
+        phases = [[r["timings"][k] for k in ("forward_s", "backward_s", "scores_s")] for r in runs]
+        med = [statistics.median(p[i] for p in phases) for i in range(3)]
+        total = statistics.median(sum(p) for p in phases)
+        base = base or total
+        tokens = len(runs[0]["tokens"]) if "tokens" in runs[0] else n
+        print(f"| {tokens} | {mode} | {len(runs)} | {med[0]:.3f} | {med[1]:.3f} | {med[2]:.3f} "
+              f"| {total:.3f} | {100 * (total / base - 1):+.1f}% |")
+PY
