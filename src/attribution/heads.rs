@@ -61,9 +61,9 @@ pub fn layer_heads<B: Backend>(
     let z = z.reshape([seq, width]);
     let grad_out = grad_out.reshape([seq, hidden]);
     let squares = match crate::model::matmul::head_squares(
-        &to_vec(z.clone())?,
-        &to_vec(grad_out.clone())?,
-        (seq, heads),
+        z.clone(),
+        grad_out.clone(),
+        heads,
         o_proj.clone(),
     ) {
         Some(squares) => squares,

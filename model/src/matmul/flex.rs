@@ -83,9 +83,9 @@ pub(super) fn rank_rows<B: Backend>(
 
 /// See [`super::head_squares`].
 pub(super) fn head_squares<B: Backend>(
-    z: &[f32],
-    g: &[f32],
-    (seq, heads): (usize, usize),
+    z: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+    heads: usize,
     weight: Tensor<B, 2>,
 ) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
@@ -99,7 +99,13 @@ pub(super) fn head_squares<B: Backend>(
         if hd * heads != width || !hd.is_multiple_of(heads::STEP) {
             return None;
         }
-        if z.len() != seq * width || g.len() != seq * hidden {
+        let (z, g) = (
+            dense_constant::<B>(&primitive(z))?,
+            dense_constant::<B>(&primitive(g))?,
+        );
+        let (z, seq, z_width) = weight_rows(&z)?;
+        let (g, g_seq, g_hidden) = weight_rows(&g)?;
+        if (z_width, g_seq, g_hidden) != (width, seq, hidden) {
             return None;
         }
         // A few ranges of the weight's rows per thread, each summed into its own buffer.
@@ -139,7 +145,7 @@ pub(super) fn head_squares<B: Backend>(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (z, g, seq, heads, weight);
+        let _ = (z, g, heads, weight);
         None
     }
 }

@@ -147,21 +147,23 @@ pub fn rank_rows<B: Backend>(
 
 /// Each attention head's contribution through o_proj, weighted by the gradient there and
 /// squared, summed over the hidden dims: `[heads × seq]` values `Σ_d (c_h[p][d] · g[p][d])²`
-/// with `c_h[p] = z_h[p] · W_hᵀ`, `z_h` head h's slice of o_proj's input `z` (`seq ×
-/// heads·head_dim`), `W_h` its columns of `weight` (`[hidden, heads·head_dim]`), `g` the
-/// gradient at o_proj's output (`seq × hidden`). On flex with AVX2 and FMA, reading the
-/// weight once; `None` elsewhere.
+/// with `c_h[p] = z_h[p] · W_hᵀ`, `z_h` head h's slice of o_proj's input `z`, `W_h` its
+/// columns of `weight`, `g` the gradient at o_proj's output. On flex with AVX2 and FMA,
+/// reading the weight once; `None` elsewhere (nothing read back).
+///
+/// # Shapes
+/// - `z`: `[seq, heads·head_dim]`, `g`: `[seq, hidden]`, `weight`: `[hidden, heads·head_dim]`
 pub fn head_squares<B: Backend>(
-    z: &[f32],
-    g: &[f32],
-    (seq, heads): (usize, usize),
+    z: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+    heads: usize,
     weight: Tensor<B, 2>,
 ) -> Option<Vec<f32>> {
     #[cfg(feature = "flex")]
-    return flex::head_squares(z, g, (seq, heads), weight);
+    return flex::head_squares(z, g, heads, weight);
     #[allow(unreachable_code)]
     {
-        let _ = (z, g, seq, heads, weight);
+        let _ = (z, g, heads, weight);
         None
     }
 }
