@@ -112,35 +112,23 @@ pub(super) fn head_squares<B: Backend>(
         let per = hidden
             .div_ceil(4 * rayon::current_num_threads().max(1))
             .max(1);
-        let parts: Vec<Vec<f32>> = (0..hidden.div_ceil(per))
-            .into_par_iter()
-            .map(|part| {
-                let d0 = part * per;
-                let rows = per.min(hidden - d0);
-                let mut out = vec![0f32; heads * seq];
-                // SAFETY: `available()`; `z` is `seq × width`, rows `d0 .. d0 + rows` of
-                // `w` exist, `g` is `seq × hidden` read at `p·hidden + d0 + d`, and `out`
-                // holds `heads × seq`.
-                unsafe {
-                    heads::squares(
-                        z.as_ptr(),
-                        seq,
-                        (heads, hd),
-                        w.as_ptr().add(d0 * width),
-                        rows,
-                        g.as_ptr().add(d0),
-                        hidden,
-                        &mut out,
-                    )
-                };
-                out
-            })
-            .collect();
-        let mut parts = parts.into_iter();
-        let mut sum = parts.next()?;
-        for part in parts {
-            sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-        }
+        let sum = par_range_sums(hidden, per, heads * seq, |d0, rows, out| {
+            // SAFETY: `available()`; `z` is `seq × width`, rows `d0 .. d0 + rows` of `w`
+            // exist, `g` is `seq × hidden` read at `p·hidden + d0 + d`, and `out` holds
+            // `heads × seq`.
+            unsafe {
+                heads::squares(
+                    z.as_ptr(),
+                    seq,
+                    (heads, hd),
+                    w.as_ptr().add(d0 * width),
+                    rows,
+                    g.as_ptr().add(d0),
+                    hidden,
+                    out,
+                )
+            };
+        });
         Some(sum)
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -312,33 +300,21 @@ fn stream_g_w(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<
     }
     // One range of W's rows per thread; every range starts inside W.
     let per = n.div_ceil(rayon::current_num_threads().max(1));
-    let sums: Vec<Vec<f32>> = (0..n.div_ceil(per))
-        .into_par_iter()
-        .map(|part| {
-            let c0 = part * per;
-            let rows = per.min(n - c0);
-            let mut gx = vec![0f32; m * k];
-            // SAFETY: `streams(m)` checked `available()`; `g` is `m × n` (row stride n),
-            // `w[c0·k..]` holds `rows × k`, and `gx` is this task's own `m × k`.
-            unsafe {
-                avx2::g_w(
-                    g.as_ptr().add(c0),
-                    n,
-                    m,
-                    w.as_ptr().add(c0 * k),
-                    rows,
-                    k,
-                    gx.as_mut_ptr(),
-                );
-            }
-            gx
-        })
-        .collect();
-    let mut sums = sums.into_iter();
-    let mut gx = sums.next().unwrap_or_else(|| vec![0f32; m * k]);
-    for part in sums {
-        gx.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-    }
+    let gx = par_range_sums(n, per, m * k, |c0, rows, gx| {
+        // SAFETY: `streams(m)` checked `available()`; `g` is `m × n` (row stride n),
+        // `w[c0·k..]` holds `rows × k`, and `gx` is this task's own `m × k`.
+        unsafe {
+            avx2::g_w(
+                g.as_ptr().add(c0),
+                n,
+                m,
+                w.as_ptr().add(c0 * k),
+                rows,
+                k,
+                gx.as_mut_ptr(),
+            );
+        }
+    });
     Some(gx)
 }
 
@@ -431,6 +407,33 @@ fn par_ranges(total: usize, per: usize, task: impl Fn(usize, usize) + Sync + Sen
         let start = index * per;
         task(start, per.min(total - start));
     });
+}
+
+/// The element-wise sum of `len`-float buffers, one per range of `per` (the last one shorter)
+/// in `0..total`, each filled from zeros by `task(start, rows, buffer)` in parallel; zeros
+/// when `total` is 0.
+#[cfg(target_arch = "x86_64")]
+fn par_range_sums(
+    total: usize,
+    per: usize,
+    len: usize,
+    task: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let parts: Vec<Vec<f32>> = (0..total.div_ceil(per))
+        .into_par_iter()
+        .map(|index| {
+            let start = index * per;
+            let mut buffer = vec![0f32; len];
+            task(start, per.min(total - start), &mut buffer);
+            buffer
+        })
+        .collect();
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().unwrap_or_else(|| vec![0f32; len]);
+    for part in parts {
+        sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    sum
 }
 
 /// Without the kernels, nothing is blocked.

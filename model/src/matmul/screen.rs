@@ -246,30 +246,28 @@ pub fn rank_rows(
         })
         .collect();
 
-    // Merged: the tasks' counts add up; a candidate stays if its upper bound reaches the
-    // row's `top`-th highest lower bound over all tasks, and gets its exact value.
+    // Merged: the tasks' counts add up, their lower bounds give the row's `top`-th highest
+    // over all tasks, and a candidate stays if its upper bound reaches that bar (it then
+    // gets its exact value).
     let mut merged: Vec<Partial> = (0..m).map(|_| Partial::new()).collect();
     for task in partials {
         for (into, part) in merged.iter_mut().zip(task) {
             into.above += part.above;
             into.candidates.extend(part.candidates);
-            into.lows.extend(part.lows);
+            for low in part.lows {
+                into.offer(low, top);
+            }
         }
     }
     let ranked: Vec<Ranked> = merged
         .into_iter()
         .zip(&rows)
         .enumerate()
-        .map(|(r, (mut part, row))| {
-            part.lows.sort_by(|a, b| b.total_cmp(a));
-            let bar = match part.lows.len() >= top && top > 0 {
-                true => part.lows[top - 1],
-                false => f32::NEG_INFINITY,
-            };
+        .map(|(r, (part, row))| {
             let candidates = part
                 .candidates
                 .into_iter()
-                .filter(|&(_, upper)| upper >= bar || upper.is_nan())
+                .filter(|&(_, upper)| upper >= part.bar || upper.is_nan())
                 .map(|(id, _)| (id, exact(x, w, k, r, id as usize)))
                 .collect();
             Ranked {
