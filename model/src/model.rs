@@ -214,14 +214,13 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         }
     }
 
-    /// For each row of `normed` (`rows × hidden`, after the final norm): the LM head's logit
+    /// For each row of `normed` (`[rows, hidden]`, after the final norm): the LM head's logit
     /// for `target`, how many logits exceed it, and candidates for the `top` highest, without
     /// the `[rows, vocab]` logits ([`crate::matmul::rank_rows`]: on flex with AVX-512 BF16;
     /// `None` elsewhere, where [`Self::head_rows`] gives the logits).
     pub fn head_ranks(
         &self,
-        normed: &[f32],
-        rows: usize,
+        normed: Tensor<B, 2>,
         target: u32,
         top: usize,
     ) -> Option<Vec<crate::matmul::Ranked>> {
@@ -229,7 +228,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
             Some(head) => head.weight.val(),
             None => self.model.embed_tokens.weight.val(),
         };
-        crate::matmul::rank_rows(normed, rows, weight, target as usize, top)
+        crate::matmul::rank_rows(normed, weight, target as usize, top)
     }
 }
 

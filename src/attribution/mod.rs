@@ -588,9 +588,7 @@ fn logit_lens<B: Backend>(
     // On CPUs with AVX-512 BF16 the ranks come from a bf16 screen of the product with exact
     // values where it cannot decide; elsewhere from the logits, a slice of the vocabulary at
     // a time.
-    let rows = sums.len();
-    let read = match model.head_ranks(&to_vec(normed.clone().inner())?, rows, target_id, lens::TOP)
-    {
+    let read = match model.head_ranks(normed.clone(), target_id, lens::TOP) {
         Some(ranked) => ranked
             .into_iter()
             .map(|r| lens::LensRow::ranked(r.target_logit, r.above, &r.candidates))

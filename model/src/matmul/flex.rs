@@ -59,8 +59,7 @@ pub(super) fn try_linear<B: Backend>(
 
 /// See [`super::rank_rows`].
 pub(super) fn rank_rows<B: Backend>(
-    x: &[f32],
-    m: usize,
+    x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     target: usize,
     top: usize,
@@ -69,14 +68,16 @@ pub(super) fn rank_rows<B: Backend>(
     {
         let weight = dense_constant::<B>(&primitive(weight))?;
         let (w, n, k) = weight_rows(&weight)?;
-        if x.len() != m * k {
+        let x = dense_constant::<B>(&primitive(x))?;
+        let (x, m, kx) = weight_rows(&x)?;
+        if kx != k {
             return None;
         }
         super::screen::rank_rows(x, m, w, n, k, target, top)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, m, weight, target, top);
+        let _ = (x, weight, target, top);
         None
     }
 }
@@ -330,7 +331,8 @@ fn stream_g_w(_: &[f32], _: usize, _: &[f32], _: usize, _: usize) -> Option<Vec<
     None
 }
 
-/// A weight's elements, rows and columns: `None` unless it is a contiguous 2-D f32 tensor.
+/// A matrix's elements, rows and columns (a weight's, mostly): `None` unless it is a
+/// contiguous 2-D f32 tensor.
 fn weight_rows(weight: &FlexTensor) -> Option<(&[f32], usize, usize)> {
     let (rows, cols) = f32_matrix(weight)?;
     Some((weight.as_slice::<f32>()?, rows, cols))

@@ -121,26 +121,24 @@ pub struct Ranked {
     pub candidates: Vec<(u32, f32)>,
 }
 
-/// For each of the `m` rows of `x` (`m × k`, row-major), its entry of `x · Wᵀ` at column
-/// `target`, how many entries exceed it, and candidates for its `top` highest, each entry
-/// as the one-row product computes it, without writing the `m × n` product. On flex with a
-/// CPU that has AVX-512 BF16 (a bf16 screen, exact values where it cannot decide); `None`
-/// elsewhere.
+/// For each row of `x`, its entry of `x · Wᵀ` at column `target`, how many entries exceed
+/// it, and candidates for its `top` highest, each entry as the one-row product computes it,
+/// without writing the `m × n` product. On flex with a CPU that has AVX-512 BF16 (a bf16
+/// screen, exact values where it cannot decide); `None` elsewhere (nothing read back).
 ///
 /// # Shapes
-/// - `x`: `m × k` floats, `weight`: `[n, k]`
+/// - `x`: `[m, k]`, `weight`: `[n, k]`
 pub fn rank_rows<B: Backend>(
-    x: &[f32],
-    m: usize,
+    x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     target: usize,
     top: usize,
 ) -> Option<Vec<Ranked>> {
     #[cfg(feature = "flex")]
-    return flex::rank_rows(x, m, weight, target, top);
+    return flex::rank_rows(x, weight, target, top);
     #[allow(unreachable_code)]
     {
-        let _ = (x, m, weight, target, top);
+        let _ = (x, weight, target, top);
         None
     }
 }
