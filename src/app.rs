@@ -151,9 +151,19 @@ pub fn attribute_command(
         ("graph-dag", render::dag_svg(&graph, &pruned)),
         ("heatmap", render::heatmap_svg(&graph)),
     ];
+    // Each picture rendered and encoded on its own thread.
+    let pngs: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = pictures
+            .iter()
+            .map(|(_, svg)| scope.spawn(|| render::svg_to_png(svg)))
+            .collect();
+        workers.into_iter().map(|w| w.join()).collect()
+    });
     let mut files = Vec::new();
-    for (name, svg) in pictures {
-        let png = render::svg_to_png(&svg).with_context(|| format!("rendering {name}.png"))?;
+    for ((name, svg), png) in pictures.into_iter().zip(pngs) {
+        let png = png
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .with_context(|| format!("rendering {name}.png"))?;
         files.push((format!("{name}.svg"), svg.into_bytes()));
         files.push((format!("{name}.png"), png));
     }

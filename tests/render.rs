@@ -204,6 +204,35 @@ fn rendering_twice_gives_identical_bytes() {
 }
 
 #[test]
+fn the_png_holds_exactly_the_rendered_pixels_as_rgb() {
+    for a in cases() {
+        let svg = pathway_svg(&a);
+        let png = svg_to_png(&svg).unwrap();
+        // IHDR follows the 8-byte signature: length, type, width, height, depth, colour type.
+        assert_eq!(&png[12..16], b"IHDR");
+        assert_eq!((png[24], png[25]), (8, 2), "8-bit RGB");
+        // The same drawing made directly, over white, as premultiplied RGBA.
+        let tree = parse_svg(&svg).unwrap();
+        let size = tree.size();
+        let (w, h) = (
+            (size.width() * PNG_SCALE).ceil() as u32,
+            (size.height() * PNG_SCALE).ceil() as u32,
+        );
+        let mut direct = Pixmap::new(w, h).unwrap();
+        direct.fill(resvg::tiny_skia::Color::WHITE);
+        let scale = resvg::tiny_skia::Transform::from_scale(PNG_SCALE, PNG_SCALE);
+        resvg::render(&tree, scale, &mut direct.as_mut());
+        let decoded = Pixmap::decode_png(&png).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (w, h));
+        assert!(
+            decoded.data() == direct.data(),
+            "the PNG differs from the drawing"
+        );
+        assert!(direct.data().chunks_exact(4).any(|p| p[..3] != [255; 3]));
+    }
+}
+
+#[test]
 fn all_zero_scores_still_render() {
     let mut a = synthetic(3, "x");
     a.nodes.iter_mut().for_each(|n| n.score = 0.0);

@@ -54,7 +54,27 @@ pub fn svg_to_png(svg: &str) -> Result<Vec<u8>, RenderError> {
     pixmap.fill(Color::WHITE);
     let scale = Transform::from_scale(PNG_SCALE, PNG_SCALE);
     resvg::render(&tree, scale, &mut pixmap.as_mut());
-    pixmap
-        .encode_png()
-        .map_err(|e| RenderError::Encode(Box::new(e)))
+    encode_opaque(&pixmap).map_err(|e| RenderError::Encode(Box::new(e)))
+}
+
+/// PNG bytes (8-bit RGB) of a pixmap drawn over an opaque background. Every pixel is then
+/// opaque, so its premultiplied colour is its colour and the alpha channel says nothing.
+/// Deflate level 1 without filters: on these flat-coloured drawings it encodes about five
+/// times faster than png's default (level 6, adaptive filters) for files about a fifth larger.
+fn encode_opaque(pixmap: &Pixmap) -> Result<Vec<u8>, png::EncodingError> {
+    let rgb: Vec<u8> = pixmap
+        .data()
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, pixmap.width(), pixmap.height());
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_deflate_compression(png::DeflateCompression::Level(1));
+    encoder.set_filter(png::Filter::NoFilter);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(&rgb)?;
+    writer.finish()?;
+    Ok(out)
 }
