@@ -90,6 +90,50 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
 }
 
 #[test]
+fn large_tensors_decode_in_parallel_runs_bit_for_bit() {
+    // Each fixture tensor's blocks repeated to 135 blocks (more than two calls of the block
+    // decoders per run): every block decodes on its own, so the values are gguf-py's repeated
+    // alike, however the blocks are split between threads.
+    let file = GgufFile::open(fixture("quant-samples.gguf")).unwrap();
+    let text = std::fs::read_to_string(fixture("quant-samples.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut covered = 0;
+    for t in json["tensors"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let info = file.tensor(name).unwrap();
+        let ty = info.ggml_type();
+        if ty.block_size() == 1 {
+            continue;
+        }
+        let bytes = file.bytes_of(info);
+        let bits: Vec<u32> = t["bits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let blocks = 135;
+        let n = blocks * ty.block_size();
+        let tiled: Vec<u8> = bytes
+            .iter()
+            .copied()
+            .cycle()
+            .take(blocks * ty.type_size())
+            .collect();
+        assert_eq!(bytes.len() % ty.type_size(), 0);
+        for threads in [1, 2, 3, 4, 7] {
+            let values = ggml::dequantize_on(ty, &tiled, n, threads).unwrap();
+            assert_eq!(values.len(), n);
+            for (i, (v, e)) in values.iter().zip(bits.iter().cycle()).enumerate() {
+                assert_eq!(v.to_bits(), *e, "{name} on {threads} threads, value {i}");
+            }
+        }
+        covered += 1;
+    }
+    assert_eq!(covered, 8, "every block type has a fixture");
+}
+
+#[test]
 fn metadata_of_every_value_type() {
     let file = GgufFile::open(fixture("quant-samples.gguf")).unwrap();
     assert_eq!(file.version(), 3);
