@@ -45,6 +45,16 @@ fn type_and_offset_pos(bytes: &[u8], name: &str) -> (usize, usize) {
     (ty, ty + 4)
 }
 
+/// The unsigned integers of a JSON array (shapes, f32 bit patterns).
+fn numbers(value: &serde_json::Value) -> Vec<u64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
 #[test]
 fn dequantize_matches_gguf_py_bit_for_bit() {
     let file = GgufFile::open(fixture("quant-samples.gguf")).unwrap();
@@ -59,19 +69,9 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
             u64::from(info.ggml_type().id()),
             t["type_id"].as_u64().unwrap()
         );
-        let shape: Vec<usize> = t["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as usize)
-            .collect();
+        let shape: Vec<usize> = numbers(&t["shape"]).iter().map(|&v| v as usize).collect();
         assert_eq!(info.shape(), shape, "{name}");
-        let expected: Vec<u32> = t["bits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let expected: Vec<u32> = numbers(&t["bits"]).iter().map(|&v| v as u32).collect();
         let values = file.dequantize(name).unwrap();
         assert_eq!(values.len(), expected.len(), "{name}");
         for (i, (v, e)) in values.iter().zip(&expected).enumerate() {
@@ -106,12 +106,7 @@ fn large_tensors_decode_in_parallel_runs_bit_for_bit() {
             continue;
         }
         let bytes = file.bytes_of(info);
-        let bits: Vec<u32> = t["bits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let bits: Vec<u32> = numbers(&t["bits"]).iter().map(|&v| v as u32).collect();
         let blocks = 135;
         let n = blocks * ty.block_size();
         let tiled: Vec<u8> = bytes
