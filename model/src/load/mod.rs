@@ -1,6 +1,7 @@
 //! Loading weights: any [`WeightSource`] gives tensors by their Hugging Face name, and
 //! [`Loader`] hands them to the model while checking shapes and which ones were used.
 
+mod decode;
 pub mod gguf;
 #[cfg(feature = "tch")]
 mod libtorch;

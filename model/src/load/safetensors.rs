@@ -12,6 +12,7 @@ use burn::tensor::{AllocationProperty, Bytes, DType, TensorData};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors};
 
+use super::decode::{bf16_bits, convert_runs, f16_bits, halves, singles, threads_for, Unit};
 use super::WeightSource;
 use crate::error::ModelError;
 
@@ -121,26 +122,6 @@ impl AsRef<[u8]> for MappedSlice {
     }
 }
 
-/// Little-endian f32 values: one copy of the bytes on little-endian machines.
-fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
-    let n = bytes.len() / 4;
-    if cfg!(target_endian = "little") {
-        let mut values = Vec::<f32>::with_capacity(n);
-        // SAFETY: `values` has room for `n` f32 (4·n bytes); every bit pattern is a valid f32,
-        // and on a little-endian machine the bytes are already in f32's native order.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), values.as_mut_ptr().cast::<u8>(), 4 * n);
-            values.set_len(n);
-        }
-        values
-    } else {
-        bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    }
-}
-
 /// Hands the pages of `bytes` (a tensor just converted) back to the page cache: each tensor is
 /// read once, and without this the whole checkpoint would stay in the process's resident
 /// memory beside the converted copy.
@@ -199,16 +180,22 @@ impl WeightSource for SafetensorsSource {
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         let (entry, mmap, range) = self.locate(name)?;
         let bytes = &mmap[range];
+        let n: usize = entry.shape.iter().product();
+        let threads = threads_for(n);
+        let (single, half) = (
+            Unit {
+                values: 1,
+                bytes: 4,
+            },
+            Unit {
+                values: 1,
+                bytes: 2,
+            },
+        );
         let values = match entry.dtype {
-            Dtype::F32 => f32_from_le(bytes),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => convert_runs(bytes, n, single, threads, singles),
+            Dtype::BF16 => convert_runs(bytes, n, half, threads, |b, v| halves(b, v, bf16_bits)),
+            Dtype::F16 => convert_runs(bytes, n, half, threads, |b, v| halves(b, v, f16_bits)),
             other => {
                 return Err(ModelError::UnsupportedDtype {
                     name: name.into(),
@@ -270,6 +257,58 @@ mod tests {
         let path = dir.join("model.safetensors");
         safetensors::serialize_to_file(tensors, None, &path).unwrap();
         path
+    }
+
+    #[test]
+    fn large_tensors_convert_on_every_core_value_for_value() {
+        use safetensors::tensor::TensorView;
+        // Past the size from which the conversion is split between threads, and not a
+        // multiple of any thread count.
+        let n = (1 << 20) + 3;
+        let bits: Vec<u16> = (0..n as u32)
+            .map(|i| (i.wrapping_mul(40503) >> 3) as u16)
+            .collect();
+        let halves: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let singles: Vec<u8> = bits
+            .iter()
+            .flat_map(|&b| (f32::from(b) * 0.5 - 3.0).to_le_bytes())
+            .collect();
+        let tensors = [
+            (
+                "bf16",
+                TensorView::new(Dtype::BF16, vec![n], &halves).unwrap(),
+            ),
+            (
+                "f16",
+                TensorView::new(Dtype::F16, vec![n], &halves).unwrap(),
+            ),
+            (
+                "f32",
+                TensorView::new(Dtype::F32, vec![n], &singles).unwrap(),
+            ),
+        ];
+        let dir = std::env::temp_dir().join(format!("attrib-st-large-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        safetensors::serialize_to_file(tensors, None, &path).unwrap();
+        let source = SafetensorsSource::from_files(&[path]).unwrap();
+        let expected: [(&str, Box<dyn Fn(usize) -> f32>); 3] = [
+            // PyTorch's widening: the bits become the upper half (NaN payloads kept as they are).
+            (
+                "bf16",
+                Box::new(|i| f32::from_bits(u32::from(bits[i]) << 16)),
+            ),
+            ("f16", Box::new(|i| half::f16::from_bits(bits[i]).to_f32())),
+            ("f32", Box::new(|i| f32::from(bits[i]) * 0.5 - 3.0)),
+        ];
+        for (name, want) in expected {
+            let got = source.read_f32(name).unwrap();
+            assert_eq!(got.len(), n, "{name}");
+            for (i, v) in got.iter().enumerate() {
+                assert_eq!(v.to_bits(), want(i).to_bits(), "{name}[{i}]");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

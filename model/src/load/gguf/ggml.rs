@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+use crate::load::decode::{
+    bf16_bits, convert_runs, decode_runs, f16_bits, halves, singles, threads_for, Unit,
+};
+
 #[cfg(doc)]
 use super::GgufFile;
 
@@ -135,26 +139,19 @@ impl fmt::Display for GgmlType {
     }
 }
 
-/// Blocks decoded per call of a block decoder: 16 Ki elements for 256-element blocks, a
-/// buffer that stays in the cache before it is copied into the tensor.
+/// Blocks decoded per call of a block decoder: 16 Ki values for 256-value blocks, a buffer
+/// that stays in the cache before it is copied into the tensor.
 const BLOCKS_PER_CALL: usize = 64;
 
-/// Tensors with fewer elements than this are decoded on the calling thread alone.
-const PARALLEL_FROM: usize = 1 << 20;
-
-/// Converts `n` values of type `ty` stored in `bytes` (whose length the tensor table fixes).
+/// Converts `n` values of type `ty` stored in `bytes` (whose length the tensor table fixes),
+/// on every core for large tensors ([`decode_runs`]).
 ///
 /// The block types use `rlx-gguf`'s decoders, which compute each value as gguf-py does (the f16
 /// scales widened exactly, then `d * q` or `d * q - m` / `d * q + m` in f32, unfused) and so
-/// match it bit for bit; the fixtures test this for every type. Each block decodes on its own,
-/// so large tensors are split into runs of whole blocks, one per thread. The float types are
-/// decoded here from little-endian bytes, which needs no alignment of the mapped data.
+/// match it bit for bit; the fixtures test this for every type. The float types are decoded here
+/// from little-endian bytes, which needs no alignment of the mapped data.
 pub(super) fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
-    let threads = match n >= PARALLEL_FROM {
-        true => std::thread::available_parallelism().map_or(1, |t| t.get()),
-        false => 1,
-    };
-    dequantize_on(ty, bytes, n, threads)
+    dequantize_on(ty, bytes, n, threads_for(n))
 }
 
 /// [`dequantize`] on `threads` threads (the calling one included).
@@ -171,25 +168,22 @@ pub(super) fn dequantize_on(
             bytes.len()
         ));
     }
-    let decode: fn(&[u8], usize) -> Result<Vec<f32>, String> = match ty {
-        GgmlType::F32 => {
-            return Ok(bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
-        }
+    let unit = Unit {
+        values: ty.block_size(),
+        bytes: ty.type_size(),
+    };
+    let decoder: fn(&[u8], usize) -> Result<Vec<f32>, String> = match ty {
+        GgmlType::F32 => return Ok(convert_runs(bytes, n, unit, threads, singles)),
         GgmlType::F16 => {
-            return Ok(bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect())
+            return Ok(convert_runs(bytes, n, unit, threads, |b, v| {
+                halves(b, v, f16_bits)
+            }))
         }
+        // gguf-py: the 16 bits become the top half of an f32.
         GgmlType::BF16 => {
-            // gguf-py: the 16 bits become the top half of an f32.
-            return Ok(bytes
-                .chunks_exact(2)
-                .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
-                .collect());
+            return Ok(convert_runs(bytes, n, unit, threads, |b, v| {
+                halves(b, v, bf16_bits)
+            }))
         }
         GgmlType::Q8_0 => |b, n| rlx_gguf::dequant_q8_0(b, n).map_err(|e| e.to_string()),
         GgmlType::Q4_0 => |b, n| rlx_gguf::dequant_q4_0(b, n).map_err(|e| e.to_string()),
@@ -207,14 +201,13 @@ pub(super) fn dequantize_on(
             ));
         }
     };
-    // Runs of whole blocks: `values` and `bytes` cut at the same block boundaries.
-    let decode_into = |values: &mut [f32], bytes: &[u8]| -> Result<(), String> {
-        let (call_values, call_bytes) = (
-            BLOCKS_PER_CALL * ty.block_size(),
-            BLOCKS_PER_CALL * ty.type_size(),
-        );
-        for (out, b) in values.chunks_mut(call_values).zip(bytes.chunks(call_bytes)) {
-            let decoded = decode(b, out.len()).map_err(|e| format!("{ty}: {e}"))?;
+    decode_runs(bytes, n, unit, threads, |bytes, values| {
+        let call = BLOCKS_PER_CALL * unit.values;
+        for (out, b) in values
+            .chunks_mut(call)
+            .zip(bytes.chunks(BLOCKS_PER_CALL * unit.bytes))
+        {
+            let decoded = decoder(b, out.len()).map_err(|e| format!("{ty}: {e}"))?;
             if decoded.len() != out.len() {
                 return Err(format!(
                     "{ty}: the decoder gave {} values instead of {}",
@@ -225,28 +218,5 @@ pub(super) fn dequantize_on(
             out.copy_from_slice(&decoded);
         }
         Ok(())
-    };
-    let mut values = vec![0f32; n];
-    let blocks_per_thread = (n / ty.block_size()).div_ceil(threads.max(1)).max(1);
-    let (run_values, run_bytes) = (
-        blocks_per_thread * ty.block_size(),
-        blocks_per_thread * ty.type_size(),
-    );
-    std::thread::scope(|scope| {
-        let mut runs = values.chunks_mut(run_values).zip(bytes.chunks(run_bytes));
-        // The first run on this thread, the others on their own.
-        let first = runs.next();
-        let others: Vec<_> = runs
-            .map(|(v, b)| scope.spawn(move || decode_into(v, b)))
-            .collect();
-        let mut result = first.map_or(Ok(()), |(v, b)| decode_into(v, b));
-        for other in others {
-            let done = other
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            result = result.and(done);
-        }
-        result
-    })?;
-    Ok(values)
+    })
 }

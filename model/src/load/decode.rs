@@ -1,0 +1,179 @@
+//! Stored tensors to f32 on every core.
+//!
+//! Converting a checkpoint to f32 (bf16 from the hub, quantized blocks from a GGUF file) writes
+//! gigabytes that the process has never touched: besides the conversion itself, every page is
+//! zeroed by the kernel when it is first written. Both costs are split between threads here,
+//! each converting a run of whole units (one float, or one quantization block) into its own
+//! part of the output.
+
+use std::convert::Infallible;
+
+/// Tensors with fewer values than this are converted on the calling thread alone.
+const PARALLEL_FROM: usize = 1 << 20;
+
+/// Threads for converting a tensor of `n` values: one per core for large tensors.
+pub(crate) fn threads_for(n: usize) -> usize {
+    match n >= PARALLEL_FROM {
+        true => std::thread::available_parallelism().map_or(1, |t| t.get()),
+        false => 1,
+    }
+}
+
+/// How values are stored: `values` of them in each unit of `bytes` bytes, every unit decoded
+/// on its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unit {
+    /// Values per unit.
+    pub values: usize,
+    /// Bytes per unit.
+    pub bytes: usize,
+}
+
+/// The `n` values stored in `bytes` (`n / unit.values` whole units), converted by `decode`,
+/// which fills a run of values from the bytes of the same whole units. The units are split
+/// into one run per thread (`threads` in all, the calling one included).
+///
+/// # Panics
+/// If `n` or `bytes.len()` is not a whole number of units (callers check this first), or if
+/// `decode` panics.
+pub(crate) fn decode_runs<E: Send>(
+    bytes: &[u8],
+    n: usize,
+    unit: Unit,
+    threads: usize,
+    decode: impl Fn(&[u8], &mut [f32]) -> Result<(), E> + Sync,
+) -> Result<Vec<f32>, E> {
+    let units = n / unit.values;
+    assert!(units * unit.values == n && units * unit.bytes == bytes.len());
+    let mut values = vec![0f32; n];
+    let per_thread = units.div_ceil(threads.max(1)).max(1);
+    let decode = &decode;
+    std::thread::scope(|scope| {
+        let mut runs = values
+            .chunks_mut(per_thread * unit.values)
+            .zip(bytes.chunks(per_thread * unit.bytes));
+        let first = runs.next();
+        let others: Vec<_> = runs
+            .map(|(v, b)| scope.spawn(move || decode(b, v)))
+            .collect();
+        let mut result = first.map_or(Ok(()), |(v, b)| decode(b, v));
+        for other in others {
+            let done = other
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result = result.and(done);
+        }
+        result
+    })?;
+    Ok(values)
+}
+
+/// [`decode_runs`] for a conversion that cannot fail.
+pub(crate) fn convert_runs(
+    bytes: &[u8],
+    n: usize,
+    unit: Unit,
+    threads: usize,
+    convert: impl Fn(&[u8], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let converted = decode_runs(bytes, n, unit, threads, |b, v| {
+        convert(b, v);
+        Ok::<(), Infallible>(())
+    });
+    let Ok(values) = converted;
+    values
+}
+
+/// Little-endian 16-bit floats (`widen` turns the bits into an f32) into `values`.
+pub(crate) fn halves(bytes: &[u8], values: &mut [f32], widen: fn(u16) -> f32) {
+    for (v, b) in values.iter_mut().zip(bytes.chunks_exact(2)) {
+        *v = widen(u16::from_le_bytes([b[0], b[1]]));
+    }
+}
+
+/// Little-endian f32 values into `values`.
+pub(crate) fn singles(bytes: &[u8], values: &mut [f32]) {
+    for (v, b) in values.iter_mut().zip(bytes.chunks_exact(4)) {
+        *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+}
+
+/// bf16 bits as an f32: they are its upper half, as PyTorch and gguf-py widen them (NaN
+/// payloads included).
+pub(crate) fn bf16_bits(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// f16 bits as an f32 (exactly: every f16 is an f32).
+pub(crate) fn f16_bits(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A toy format of 3-byte units holding 2 values each: a scale and two small integers.
+    fn toy(bytes: &[u8], values: &mut [f32]) -> Result<(), String> {
+        for (v, b) in values.chunks_exact_mut(2).zip(bytes.chunks_exact(3)) {
+            if b[0] == 0 {
+                return Err("zero scale".into());
+            }
+            v[0] = b[0] as f32 * b[1] as f32;
+            v[1] = b[0] as f32 * b[2] as f32;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn runs_on_any_number_of_threads_give_the_values_in_order() {
+        let units = 1001;
+        let bytes: Vec<u8> = (0..units * 3).map(|i| (i * 7 % 251 + 1) as u8).collect();
+        let want: Vec<f32> = bytes
+            .chunks_exact(3)
+            .flat_map(|b| [b[0] as f32 * b[1] as f32, b[0] as f32 * b[2] as f32])
+            .collect();
+        let unit = Unit {
+            values: 2,
+            bytes: 3,
+        };
+        for threads in [1, 2, 3, 4, 7, 2000] {
+            let got = decode_runs(&bytes, units * 2, unit, threads, toy).unwrap();
+            assert_eq!(got, want, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn an_error_in_any_run_is_returned() {
+        let units = 100;
+        let mut bytes = vec![1u8; units * 3];
+        bytes[97 * 3] = 0;
+        let unit = Unit {
+            values: 2,
+            bytes: 3,
+        };
+        for threads in [1, 2, 5] {
+            let got = decode_runs(&bytes, units * 2, unit, threads, toy);
+            assert_eq!(got, Err("zero scale".to_string()), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn empty_tensors_decode_to_nothing() {
+        let unit = Unit {
+            values: 2,
+            bytes: 3,
+        };
+        assert_eq!(decode_runs(&[], 0, unit, 4, toy), Ok(vec![]));
+    }
+
+    #[test]
+    fn half_floats_widen_exactly() {
+        for x in [0.0f32, -0.0, 1.0, -2.5, 0.125, 65504.0, 1e-7, f32::INFINITY] {
+            let b = half::bf16::from_f32(x);
+            assert_eq!(bf16_bits(b.to_bits()).to_bits(), b.to_f32().to_bits());
+            let h = half::f16::from_f32(x);
+            assert_eq!(f16_bits(h.to_bits()).to_bits(), h.to_f32().to_bits());
+        }
+    }
+}
