@@ -292,20 +292,18 @@ mod tests {
         let path = dir.join("model.safetensors");
         safetensors::serialize_to_file(tensors, None, &path).unwrap();
         let source = SafetensorsSource::from_files(&[path]).unwrap();
-        let expected: [(&str, Box<dyn Fn(usize) -> f32>); 3] = [
+        // Each tensor's value for the bits it was made from.
+        let expected: [(&str, fn(u16) -> f32); 3] = [
             // PyTorch's widening: the bits become the upper half (NaN payloads kept as they are).
-            (
-                "bf16",
-                Box::new(|i| f32::from_bits(u32::from(bits[i]) << 16)),
-            ),
-            ("f16", Box::new(|i| half::f16::from_bits(bits[i]).to_f32())),
-            ("f32", Box::new(|i| f32::from(bits[i]) * 0.5 - 3.0)),
+            ("bf16", |b| f32::from_bits(u32::from(b) << 16)),
+            ("f16", |b| half::f16::from_bits(b).to_f32()),
+            ("f32", |b| f32::from(b) * 0.5 - 3.0),
         ];
         for (name, want) in expected {
             let got = source.read_f32(name).unwrap();
             assert_eq!(got.len(), n, "{name}");
-            for (i, v) in got.iter().enumerate() {
-                assert_eq!(v.to_bits(), want(i).to_bits(), "{name}[{i}]");
+            for (i, (v, &b)) in got.iter().zip(&bits).enumerate() {
+                assert_eq!(v.to_bits(), want(b).to_bits(), "{name}[{i}]");
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
