@@ -1,6 +1,13 @@
 //! The logit lens: the final norm and LM head applied to the residual stream after the
 //! embeddings and after every sublayer, at the target position.
 
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use super::to_vec;
+use crate::model::{ModelError, Qwen2ForCausalLM, Site};
+
 /// What the unembedded residual stream predicts after one node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LensEntry {
@@ -100,6 +107,82 @@ impl LensRow {
             top: self.top,
         }
     }
+}
+
+/// Vocabulary entries per slice of the logit lens's product: 57 rows of logits for 16,384
+/// entries are 3.7 MB, reused from one slice to the next.
+const LENS_SLICE: usize = 1 << 14;
+
+/// The final norm and LM head on the residual stream after each node, at `position`.
+pub(super) fn logit_lens<B: Backend>(
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
+    nodes: &[(Site, &[f32])],
+    position: usize,
+    seq: usize,
+    target_id: u32,
+) -> Result<Vec<LensEntry>, ModelError> {
+    let hidden = model.config.hidden_size;
+    let vocab = model.config.vocab_size;
+    let rows: Vec<&[f32]> = nodes
+        .iter()
+        .map(|(_, a)| &a[position * hidden..(position + 1) * hidden])
+        .collect();
+    let sums = running_sums(&rows);
+    debug_assert!(nodes.iter().all(|(_, a)| a.len() == seq * hidden));
+    let flat: Vec<f32> = sums.concat();
+    let device = model.model.embed_tokens.weight.val().device();
+    let residual = Tensor::<Autodiff<B>, 3>::from_data(
+        TensorData::new(flat, [1, sums.len(), hidden]),
+        &device,
+    );
+    let normed = model
+        .model
+        .norm
+        .forward(residual)
+        .reshape([sums.len(), hidden]);
+    // On CPUs with AVX-512 BF16 the ranks come from a bf16 screen of the product with exact
+    // values where it cannot decide; elsewhere from the logits, a slice of the vocabulary at
+    // a time.
+    let read = match model.head_ranks(normed.clone(), target_id, TOP) {
+        Some(ranked) => ranked
+            .into_iter()
+            .map(|r| LensRow::ranked(r.target_logit, r.above, &r.candidates))
+            .collect(),
+        None => sliced_lens(model, normed, vocab, target_id)?,
+    };
+    Ok(nodes
+        .iter()
+        .zip(read)
+        .map(|((site, _), row)| row.finish(site.to_string()))
+        .collect())
+}
+
+/// The lens's rows from the logits, a slice of the vocabulary at a time, the target's slice
+/// first (its logit decides the ranks).
+fn sliced_lens<B: Backend>(
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
+    normed: Tensor<Autodiff<B>, 2>,
+    vocab: usize,
+    target_id: u32,
+) -> Result<Vec<LensRow>, ModelError> {
+    let target = target_id as usize;
+    let first = target / LENS_SLICE;
+    let order =
+        std::iter::once(first).chain((0..vocab.div_ceil(LENS_SLICE)).filter(|&s| s != first));
+    let mut read: Vec<LensRow> = Vec::new();
+    for slice in order {
+        let ids = slice * LENS_SLICE..((slice + 1) * LENS_SLICE).min(vocab);
+        let logits = to_vec(model.head_rows(normed.clone(), ids.clone()).inner())?;
+        let logits = logits.chunks_exact(ids.len());
+        if read.is_empty() {
+            let at = target - ids.start;
+            read = logits.clone().map(|row| LensRow::new(row[at])).collect();
+        }
+        for (row, logits) in read.iter_mut().zip(logits) {
+            row.add(ids.start as u32, logits);
+        }
+    }
+    Ok(read)
 }
 
 #[cfg(test)]

@@ -431,7 +431,7 @@ pub fn attribute_loaded_with<B: Backend>(
                 .iter()
                 .map(|s| (*s, activations[s].as_slice()))
                 .collect();
-            logit_lens(model, &clean, position, seq, target_id)?
+            lens::logit_lens(model, &clean, position, seq, target_id)?
         } else {
             Vec::new()
         };
@@ -554,87 +554,8 @@ fn pruned_faithfulness<B: Backend>(
     circuit::faithfulness(clean, replaced, &all, &circuit)
 }
 
-/// Vocabulary entries per slice of the logit lens's product: 57 rows of logits for 16,384
-/// entries are 3.7 MB, reused from one slice to the next.
-const LENS_SLICE: usize = 1 << 14;
-
-/// The final norm and LM head on the residual stream after each node, at `position`.
-fn logit_lens<B: Backend>(
-    model: &Qwen2ForCausalLM<Autodiff<B>>,
-    nodes: &[(Site, &[f32])],
-    position: usize,
-    seq: usize,
-    target_id: u32,
-) -> Result<Vec<LensEntry>, ModelError> {
-    let hidden = model.config.hidden_size;
-    let vocab = model.config.vocab_size;
-    let rows: Vec<&[f32]> = nodes
-        .iter()
-        .map(|(_, a)| &a[position * hidden..(position + 1) * hidden])
-        .collect();
-    let sums = lens::running_sums(&rows);
-    debug_assert!(nodes.iter().all(|(_, a)| a.len() == seq * hidden));
-    let flat: Vec<f32> = sums.concat();
-    let device = model.model.embed_tokens.weight.val().device();
-    let residual = Tensor::<Autodiff<B>, 3>::from_data(
-        TensorData::new(flat, [1, sums.len(), hidden]),
-        &device,
-    );
-    let normed = model
-        .model
-        .norm
-        .forward(residual)
-        .reshape([sums.len(), hidden]);
-    // On CPUs with AVX-512 BF16 the ranks come from a bf16 screen of the product with exact
-    // values where it cannot decide; elsewhere from the logits, a slice of the vocabulary at
-    // a time.
-    let read = match model.head_ranks(normed.clone(), target_id, lens::TOP) {
-        Some(ranked) => ranked
-            .into_iter()
-            .map(|r| lens::LensRow::ranked(r.target_logit, r.above, &r.candidates))
-            .collect(),
-        None => sliced_lens(model, normed, vocab, target_id)?,
-    };
-    Ok(nodes
-        .iter()
-        .zip(read)
-        .map(|((site, _), row)| row.finish(site.to_string()))
-        .collect())
-}
-
-/// The lens's rows from the logits, a slice of the vocabulary at a time, the target's slice
-/// first (its logit decides the ranks).
-fn sliced_lens<B: Backend>(
-    model: &Qwen2ForCausalLM<Autodiff<B>>,
-    normed: Tensor<Autodiff<B>, 2>,
-    vocab: usize,
-    target_id: u32,
-) -> Result<Vec<lens::LensRow>, ModelError> {
-    let target = target_id as usize;
-    let first = target / LENS_SLICE;
-    let order =
-        std::iter::once(first).chain((0..vocab.div_ceil(LENS_SLICE)).filter(|&s| s != first));
-    let mut read: Vec<lens::LensRow> = Vec::new();
-    for slice in order {
-        let ids = slice * LENS_SLICE..((slice + 1) * LENS_SLICE).min(vocab);
-        let logits = to_vec(model.head_rows(normed.clone(), ids.clone()).inner())?;
-        let logits = logits.chunks_exact(ids.len());
-        if read.is_empty() {
-            let at = target - ids.start;
-            read = logits
-                .clone()
-                .map(|row| lens::LensRow::new(row[at]))
-                .collect();
-        }
-        for (row, logits) in read.iter_mut().zip(logits) {
-            row.add(ids.start as u32, logits);
-        }
-    }
-    Ok(read)
-}
-
 /// Reads a tensor back as f32 values.
-fn to_vec<B: Backend, const D: usize>(
+pub(crate) fn to_vec<B: Backend, const D: usize>(
     t: burn::tensor::Tensor<B, D>,
 ) -> Result<Vec<f32>, ModelError> {
     t.into_data()
