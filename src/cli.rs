@@ -39,7 +39,8 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attribute the next-token logit to the embeddings and every attention and MLP sublayer
-    /// (Grad×Activation); write attribution.json, graph.svg and graph.png.
+    /// (Grad×Activation); write attribution.json, the graphs (SVG, PNG, HTML) and
+    /// graph.neuronpedia.json.
     Attribute(AttributeArgs),
     /// Print the most likely next tokens after a prompt.
     Predict(PredictArgs),
@@ -136,7 +137,7 @@ pub struct AttributeArgs {
 /// Which model, prompt and backend.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A local model folder (config.json, safetensors, tokenizer.json) or a hub id.
+    /// A local model folder (config.json, safetensors, tokenizer.json), a GGUF file, or a hub id.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
     /// The text to run the model on.

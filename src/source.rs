@@ -25,9 +25,12 @@ pub enum SourceError {
     /// A folder without `config.json`.
     #[error("--model {0}: this folder has no config.json; point --model at a Hugging Face model folder (config.json, model.safetensors, tokenizer.json) or a .gguf file")]
     NotAModelFolder(PathBuf),
+    /// A file that is not a GGUF file.
+    #[error("--model {0}: a file, but not a .gguf file; point --model at a .gguf file or at the Hugging Face model folder (config.json, model.safetensors, tokenizer.json) that holds this file")]
+    NotAModelFile(PathBuf),
     /// Neither a path nor a hub id.
     #[error(
-        "--model {0:?} is neither an existing folder nor a hub id like Qwen/Qwen2.5-1.5B-Instruct"
+        "--model {0:?} is neither an existing folder or .gguf file nor a hub id like Qwen/Qwen2.5-1.5B-Instruct"
     )]
     Unrecognised(String),
     /// The hub could not be reached or refused a required file.
@@ -163,7 +166,7 @@ pub fn resolve(model: &str, progress: &mut dyn Progress) -> Result<ModelFiles, S
         };
     }
     if path.exists() {
-        return Err(SourceError::NotAModelFolder(path.to_path_buf()));
+        return Err(SourceError::NotAModelFile(path.to_path_buf()));
     }
     if looks_like_hub_id(model) {
         return fetch_from_hub(model, progress);

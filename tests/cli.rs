@@ -143,6 +143,23 @@ fn folder_without_config() {
 }
 
 #[test]
+fn a_file_that_is_not_gguf() {
+    let dir = copy_fixture("tiny-tied");
+    let weights = dir.path().join("model.safetensors");
+    let err = fails(&["predict", "--model", path(&weights), "--prompt", "x"]);
+    assert!(err.contains("model.safetensors"), "{err}");
+    assert!(err.contains("not a .gguf file"), "{err}");
+    assert!(!err.contains("this folder"), "{err}");
+}
+
+#[test]
+fn a_name_that_is_neither_a_path_nor_a_hub_id() {
+    let err = fails(&["predict", "--model", "qwen2.5", "--prompt", "x"]);
+    assert!(err.contains("\"qwen2.5\""), "{err}");
+    assert!(err.contains(".gguf file nor a hub id"), "{err}");
+}
+
+#[test]
 fn corrupt_safetensors() {
     let dir = copy_fixture("tiny-tied");
     let weights = dir.path().join("model.safetensors");
