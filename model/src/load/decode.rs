@@ -8,15 +8,15 @@
 
 use std::convert::Infallible;
 
-/// Tensors with fewer values than this are converted on the calling thread alone.
-const PARALLEL_FROM: usize = 1 << 20;
+/// The fewest values worth a thread of their own (1 MiB of f32): on a machine with many cores
+/// a small tensor is not split into runs that cost more to start than to convert.
+const VALUES_PER_THREAD: usize = 1 << 18;
 
-/// Threads for converting a tensor of `n` values: one per core for large tensors.
+/// Threads for converting a tensor of `n` values: one per core, but none with fewer than
+/// [`VALUES_PER_THREAD`] values (a tensor below twice that stays on the calling thread).
 pub(crate) fn threads_for(n: usize) -> usize {
-    match n >= PARALLEL_FROM {
-        true => std::thread::available_parallelism().map_or(1, |t| t.get()),
-        false => 1,
-    }
+    let cores = std::thread::available_parallelism().map_or(1, |t| t.get());
+    cores.min(n / VALUES_PER_THREAD).max(1)
 }
 
 /// How values are stored: `values` of them in each unit of `bytes` bytes, every unit decoded
@@ -156,6 +156,16 @@ mod tests {
             let got = decode_runs(&bytes, units * 2, unit, threads, toy);
             assert_eq!(got, Err("zero scale".to_string()), "{threads} threads");
         }
+    }
+
+    #[test]
+    fn small_tensors_stay_on_one_thread_and_large_ones_use_every_core() {
+        let cores = std::thread::available_parallelism().map_or(1, |t| t.get());
+        assert_eq!(threads_for(0), 1);
+        assert_eq!(threads_for(2 * VALUES_PER_THREAD - 1), 1);
+        assert_eq!(threads_for(2 * VALUES_PER_THREAD), cores.min(2));
+        assert_eq!(threads_for(cores * VALUES_PER_THREAD), cores);
+        assert_eq!(threads_for(usize::MAX), cores);
     }
 
     #[test]
