@@ -68,16 +68,35 @@ pub(crate) fn decode_runs<E: Send>(
     Ok(values)
 }
 
-/// [`decode_runs`] for a conversion that cannot fail.
-pub(crate) fn convert_runs(
-    bytes: &[u8],
-    n: usize,
-    unit: Unit,
-    threads: usize,
-    convert: impl Fn(&[u8], &mut [f32]) + Sync,
-) -> Vec<f32> {
+/// The float types checkpoints store, little-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Float {
+    /// IEEE single.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+/// `n` values of type `float` stored in `bytes` as f32, on `threads` threads ([`decode_runs`]).
+///
+/// # Panics
+/// If `bytes` does not hold exactly `n` values of that type.
+pub(crate) fn floats(bytes: &[u8], n: usize, float: Float, threads: usize) -> Vec<f32> {
+    let unit = Unit {
+        values: 1,
+        bytes: match float {
+            Float::F32 => 4,
+            Float::F16 | Float::BF16 => 2,
+        },
+    };
     let converted = decode_runs(bytes, n, unit, threads, |b, v| {
-        convert(b, v);
+        match float {
+            Float::F32 => singles(b, v),
+            Float::F16 => halves(b, v, f16_bits),
+            Float::BF16 => halves(b, v, bf16_bits),
+        }
         Ok::<(), Infallible>(())
     });
     let Ok(values) = converted;
@@ -85,14 +104,14 @@ pub(crate) fn convert_runs(
 }
 
 /// Little-endian 16-bit floats (`widen` turns the bits into an f32) into `values`.
-pub(crate) fn halves(bytes: &[u8], values: &mut [f32], widen: fn(u16) -> f32) {
+fn halves(bytes: &[u8], values: &mut [f32], widen: fn(u16) -> f32) {
     for (v, b) in values.iter_mut().zip(bytes.chunks_exact(2)) {
         *v = widen(u16::from_le_bytes([b[0], b[1]]));
     }
 }
 
 /// Little-endian f32 values into `values`.
-pub(crate) fn singles(bytes: &[u8], values: &mut [f32]) {
+fn singles(bytes: &[u8], values: &mut [f32]) {
     for (v, b) in values.iter_mut().zip(bytes.chunks_exact(4)) {
         *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
@@ -100,12 +119,12 @@ pub(crate) fn singles(bytes: &[u8], values: &mut [f32]) {
 
 /// bf16 bits as an f32: they are its upper half, as PyTorch and gguf-py widen them (NaN
 /// payloads included).
-pub(crate) fn bf16_bits(bits: u16) -> f32 {
+fn bf16_bits(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
 /// f16 bits as an f32 (exactly: every f16 is an f32).
-pub(crate) fn f16_bits(bits: u16) -> f32 {
+fn f16_bits(bits: u16) -> f32 {
     half::f16::from_bits(bits).to_f32()
 }
 

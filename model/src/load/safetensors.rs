@@ -12,7 +12,7 @@ use burn::tensor::{AllocationProperty, Bytes, DType, TensorData};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors};
 
-use super::decode::{bf16_bits, convert_runs, f16_bits, halves, singles, threads_for, Unit};
+use super::decode::{floats, threads_for, Float};
 use super::WeightSource;
 use crate::error::ModelError;
 
@@ -180,22 +180,10 @@ impl WeightSource for SafetensorsSource {
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         let (entry, mmap, range) = self.locate(name)?;
         let bytes = &mmap[range];
-        let n: usize = entry.shape.iter().product();
-        let threads = threads_for(n);
-        let (single, half) = (
-            Unit {
-                values: 1,
-                bytes: 4,
-            },
-            Unit {
-                values: 1,
-                bytes: 2,
-            },
-        );
-        let values = match entry.dtype {
-            Dtype::F32 => convert_runs(bytes, n, single, threads, singles),
-            Dtype::BF16 => convert_runs(bytes, n, half, threads, |b, v| halves(b, v, bf16_bits)),
-            Dtype::F16 => convert_runs(bytes, n, half, threads, |b, v| halves(b, v, f16_bits)),
+        let float = match entry.dtype {
+            Dtype::F32 => Float::F32,
+            Dtype::BF16 => Float::BF16,
+            Dtype::F16 => Float::F16,
             other => {
                 return Err(ModelError::UnsupportedDtype {
                     name: name.into(),
@@ -203,6 +191,8 @@ impl WeightSource for SafetensorsSource {
                 })
             }
         };
+        let n: usize = entry.shape.iter().product();
+        let values = floats(bytes, n, float, threads_for(n));
         release(mmap, bytes);
         Ok(values)
     }

@@ -2,9 +2,7 @@
 
 use std::fmt;
 
-use crate::load::decode::{
-    bf16_bits, convert_runs, decode_runs, f16_bits, halves, singles, threads_for, Unit,
-};
+use crate::load::decode::{decode_runs, floats, threads_for, Float, Unit};
 
 #[cfg(doc)]
 use super::GgufFile;
@@ -173,18 +171,10 @@ pub(super) fn dequantize_on(
         bytes: ty.type_size(),
     };
     let decoder: fn(&[u8], usize) -> Result<Vec<f32>, String> = match ty {
-        GgmlType::F32 => return Ok(convert_runs(bytes, n, unit, threads, singles)),
-        GgmlType::F16 => {
-            return Ok(convert_runs(bytes, n, unit, threads, |b, v| {
-                halves(b, v, f16_bits)
-            }))
-        }
+        GgmlType::F32 => return Ok(floats(bytes, n, Float::F32, threads)),
+        GgmlType::F16 => return Ok(floats(bytes, n, Float::F16, threads)),
         // gguf-py: the 16 bits become the top half of an f32.
-        GgmlType::BF16 => {
-            return Ok(convert_runs(bytes, n, unit, threads, |b, v| {
-                halves(b, v, bf16_bits)
-            }))
-        }
+        GgmlType::BF16 => return Ok(floats(bytes, n, Float::BF16, threads)),
         GgmlType::Q8_0 => |b, n| rlx_gguf::dequant_q8_0(b, n).map_err(|e| e.to_string()),
         GgmlType::Q4_0 => |b, n| rlx_gguf::dequant_q4_0(b, n).map_err(|e| e.to_string()),
         GgmlType::Q4_1 => |b, n| rlx_gguf::dequant_q4_1(b, n).map_err(|e| e.to_string()),
