@@ -146,8 +146,8 @@ const BLOCKS_PER_CALL: usize = 64;
 ///
 /// The block types use `rlx-gguf`'s decoders, which compute each value as gguf-py does (the f16
 /// scales widened exactly, then `d * q` or `d * q - m` / `d * q + m` in f32, unfused) and so
-/// match it bit for bit; the fixtures test this for every type. The float types are decoded here
-/// from little-endian bytes, which needs no alignment of the mapped data.
+/// match it bit for bit; the fixtures test this for every type. The float types are read from
+/// little-endian bytes by [`floats`], which needs no alignment of the mapped data.
 pub(super) fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
     dequantize_on(ty, bytes, n, threads_for(n))
 }
