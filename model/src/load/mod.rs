@@ -5,6 +5,7 @@ mod decode;
 pub mod gguf;
 #[cfg(feature = "tch")]
 mod libtorch;
+mod pages;
 pub mod safetensors;
 
 use std::collections::BTreeSet;

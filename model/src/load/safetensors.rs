@@ -13,6 +13,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors};
 
 use super::decode::{floats, threads_for, Float};
+use super::pages::advise_huge_pages;
 use super::WeightSource;
 use crate::error::ModelError;
 
@@ -95,8 +96,16 @@ impl SafetensorsSource {
     /// map instead of copies: no copy, and pages are read only when a tensor is used (the
     /// embedding table's unused rows never are). Worth it only for a backend that keeps the
     /// data it is given (burn-flex); one that copies anyway would hold both.
+    ///
+    /// The maps are then also advised to use 2 MiB pages ([`advise_huge_pages`]), since the
+    /// model reads every weight through them on every pass.
     pub fn in_place(mut self, yes: bool) -> Self {
         self.in_place = yes;
+        if yes {
+            for (_, map) in &self.files {
+                advise_huge_pages(map);
+            }
+        }
         self
     }
 
@@ -296,6 +305,50 @@ mod tests {
                 assert_eq!(v.to_bits(), want(name, b).to_bits(), "{name}[{i}]");
             }
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn maps_read_in_place_are_advised_to_use_huge_pages() {
+        use super::super::pages::{kernel_has_huge_pages, vm_flags_at};
+        use safetensors::tensor::TensorView;
+        if !kernel_has_huge_pages() {
+            eprintln!("skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        // 6 MiB of f32: whole 2 MiB pages inside the map wherever it starts.
+        let bytes: Vec<u8> = (0..3u32 << 19)
+            .flat_map(|i| (i as f32).to_le_bytes())
+            .collect();
+        let tensors = [(
+            "w",
+            TensorView::new(Dtype::F32, vec![3 << 19], &bytes).unwrap(),
+        )];
+        let dir = std::env::temp_dir().join(format!("attrib-st-huge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        safetensors::serialize_to_file(tensors, None, &path).unwrap();
+        let advised = |source: &SafetensorsSource| {
+            let map = &source.files[0].1;
+            let inner = (map.as_ptr() as usize).next_multiple_of(2 << 20);
+            let flags = vm_flags_at(inner).expect("the map is mapped");
+            flags.iter().any(|f| f == "hg")
+        };
+        let copied = SafetensorsSource::from_files(std::slice::from_ref(&path)).unwrap();
+        let mapped = SafetensorsSource::from_files(&[path])
+            .unwrap()
+            .in_place(true);
+        assert!(
+            !advised(&copied),
+            "a map only converted from is left as it is"
+        );
+        assert!(advised(&mapped), "a map read in place is advised");
+        let data = mapped.read_data("w").unwrap();
+        assert_eq!(
+            data.to_vec::<f32>().unwrap()[(3 << 19) - 1],
+            ((3 << 19) - 1) as f32
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
