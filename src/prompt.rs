@@ -2,8 +2,14 @@
 //! transformers' `apply_chat_template(..., add_generation_prompt=True)` does.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use tokenizers::Tokenizer;
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::processors::PostProcessorWrapper;
+use tokenizers::{Tokenizer, TokenizerImpl};
 
 /// Why a prompt could not be tokenized.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,26 @@ pub struct Encoded {
     pub tokens: Vec<String>,
 }
 
+/// A `tokenizer.json`'s tokenizer, read as a BPE tokenizer first (Qwen2's kind).
+///
+/// The same as `Tokenizer::from_str`, which is what a non-BPE file gets, and faster for BPE:
+/// that reads the model section through a generic value (the 151k-entry vocabulary and merges
+/// copied twice over) to learn its type, and took 0.25-0.30 s for Qwen2.5's file against
+/// 0.18-0.19 s here, a fifth of a short attribution run.
+fn parse_tokenizer(text: &str) -> tokenizers::Result<Tokenizer> {
+    type Bpe = TokenizerImpl<
+        BPE,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >;
+    match serde_json::from_str::<Bpe>(text) {
+        Ok(bpe) => Ok(bpe.into()),
+        Err(_) => Tokenizer::from_str(text),
+    }
+}
+
 /// A model's tokenizer and chat template.
 pub struct PromptTokenizer {
     tokenizer: Tokenizer,
@@ -62,10 +88,12 @@ impl PromptTokenizer {
     /// Loads `tokenizer.json` and the chat template of a model folder.
     pub fn from_folder(folder: &Path) -> Result<Self, PromptError> {
         let path = folder.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| PromptError::Tokenizer {
+        let bad = |message: String| PromptError::Tokenizer {
             path: path.clone(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+        let tokenizer = parse_tokenizer(&text).map_err(|e| bad(e.to_string()))?;
         let (chat_template, special_tokens) = read_template(folder)?;
         Ok(Self {
             tokenizer,
@@ -242,6 +270,67 @@ mod tests {
             out,
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    /// The serialized form and the ids of a few texts: what tells two tokenizers apart.
+    fn fingerprint(t: &Tokenizer) -> (String, Vec<Vec<u32>>) {
+        let texts = [
+            "The capital of France is",
+            " héllo\n\tworld 123",
+            "<|im_start|>x",
+        ];
+        let ids = texts
+            .iter()
+            .map(|s| t.encode(*s, false).unwrap().get_ids().to_vec())
+            .collect();
+        (serde_json::to_string(t).unwrap(), ids)
+    }
+
+    #[test]
+    fn bpe_tokenizers_read_as_bpe_equal_the_generic_reading() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-tied/tokenizer.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let generic = Tokenizer::from_str(&text).unwrap();
+        assert_eq!(
+            fingerprint(&parse_tokenizer(&text).unwrap()),
+            fingerprint(&generic)
+        );
+        // Merges written the legacy way ("a b") too.
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let merges = json["model"]["merges"].as_array_mut().unwrap();
+        for m in merges.iter_mut() {
+            *m = format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()).into();
+        }
+        let legacy = json.to_string();
+        assert_eq!(
+            fingerprint(&parse_tokenizer(&legacy).unwrap()),
+            fingerprint(&generic)
+        );
+    }
+
+    #[test]
+    fn other_tokenizers_are_read_the_generic_way_and_bad_files_refused() {
+        use tokenizers::models::wordlevel::WordLevel;
+        let vocab = [("[UNK]", 0), ("hello", 1), ("world", 2)]
+            .into_iter()
+            .map(|(w, i)| (w.to_string(), i))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("[UNK]".into())
+            .build()
+            .unwrap();
+        let mut words = Tokenizer::new(model);
+        words.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+        let text = serde_json::to_string(&words).unwrap();
+        let read = parse_tokenizer(&text).unwrap();
+        assert_eq!(
+            read.encode("hello there world", false).unwrap().get_ids(),
+            [1, 0, 2]
+        );
+        assert_eq!(fingerprint(&read), fingerprint(&words));
+        assert!(parse_tokenizer("{\"model\": ").is_err());
     }
 
     #[test]
