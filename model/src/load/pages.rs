@@ -41,8 +41,10 @@ pub(crate) fn vm_flags_at(address: usize) -> Option<Vec<String>> {
     None
 }
 
-/// Whether this kernel has transparent huge pages, without which the advice is refused.
+/// Whether this kernel has transparent huge pages (without them the advice is refused) and
+/// this process can read its own mappings' flags.
 #[cfg(all(test, target_os = "linux"))]
-pub(crate) fn kernel_has_huge_pages() -> bool {
+pub(crate) fn advice_is_observable() -> bool {
     std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists()
+        && std::fs::File::open("/proc/self/smaps").is_ok()
 }
