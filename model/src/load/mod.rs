@@ -3,6 +3,7 @@
 
 mod decode;
 pub mod gguf;
+mod halve;
 #[cfg(feature = "tch")]
 mod libtorch;
 mod pages;
@@ -55,6 +56,14 @@ fn on_device<B: Backend, const D: usize>(data: TensorData, device: &B::Device) -
     #[cfg(feature = "tch")]
     if let Some(tensor) = libtorch::from_data(&data, device, target) {
         return tensor;
+    }
+    // flex holds its weights in host memory: rounding there, on every core, spares it its
+    // own one-thread conversion.
+    #[cfg(feature = "flex")]
+    if crate::flex_ops::recognised::<B>() {
+        if let Some(halves) = halve::halve(&data, target) {
+            return Tensor::from_data(halves, (device, target));
+        }
     }
     let source = data.dtype;
     let tensor = Tensor::<B, D>::from_data(data, (device, source));
