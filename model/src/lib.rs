@@ -12,6 +12,8 @@ pub mod error;
 #[cfg(feature = "flex")]
 pub(crate) mod flex_ops;
 pub mod fused;
+#[cfg(feature = "flex")]
+pub(crate) mod halves;
 pub mod linear;
 pub mod load;
 pub mod matmul;

@@ -3,7 +3,6 @@
 
 mod decode;
 pub mod gguf;
-mod halve;
 #[cfg(feature = "tch")]
 mod libtorch;
 mod pages;
@@ -61,7 +60,7 @@ fn on_device<B: Backend, const D: usize>(data: TensorData, device: &B::Device) -
     // own one-thread conversion.
     #[cfg(feature = "flex")]
     if crate::flex_ops::recognised::<B>() {
-        if let Some(halves) = halve::halve(&data, target) {
+        if let Some(halves) = crate::halves::halve(&data, target) {
             return Tensor::from_data(halves, (device, target));
         }
     }

@@ -38,6 +38,12 @@ pub(super) fn try_linear<B: Backend>(
 ) -> Result<Tensor<B, 2>, super::LinearOperands<B>> {
     let weight = primitive(weight);
     let bias = bias.map(primitive);
+    if let Some(op) = super::flex_half::XWtHalf::new::<B>(&weight, bias.as_ref()) {
+        return match flex_ops::run::<B, _, 1>(op, [primitive(x)]) {
+            Ok(y) => Ok(tensor(y)),
+            Err([x]) => Err((tensor(x), tensor(weight), bias.map(tensor))),
+        };
+    }
     let w = constant::<B>(&weight).filter(|w| weight_rows(w).is_some());
     let b = match &bias {
         Some(b) => dense_constant::<B>(b).map(Some),
@@ -170,29 +176,7 @@ impl FlexOp<1> for XWt {
             return None;
         }
         let x = dense(x)?;
-        let x = elems(&x);
-        let bias = self.bias.as_ref().map(elems);
-        // The blocked kernels add to y: without a bias to write first, zeros written.
-        let mut y = if bias.is_none() && blocks(m) {
-            written_zeros(m * n)
-        } else {
-            vec![0f32; m * n]
-        };
-        if stream_x_wt(x, m, w, n, k, &mut y) {
-            if let Some(b) = bias {
-                y.par_chunks_mut(n)
-                    .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
-            }
-        } else {
-            // The blocked kernels and gemm add to what is there: the bias, or zeros.
-            if let Some(b) = bias {
-                y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
-            }
-            if !blocked_x_wt(x, m, w, n, k, &mut y) {
-                // y = b + x · Wᵀ, Wᵀ read through its strides.
-                gemm_into(&mut y, bias.is_some(), x, w, (m, n, k), (1, k));
-            }
-        }
+        let y = product(elems(&x), m, w, n, k, self.bias.as_ref().map(elems));
         Some((from_vec(y, &[m, n]), ()))
     }
 
@@ -200,16 +184,53 @@ impl FlexOp<1> for XWt {
         let (w, n, k) = weight_rows(&self.weight).expect("checked in the forward pass");
         let (m, _) = f32_matrix(grad).expect("the gradient of an f32 matrix");
         let g = dense_grad(grad);
-        let g = elems(&g);
-        let gx = stream_g_w(g, m, w, n, k)
-            .or_else(|| blocked_g_w(g, m, w, n, k))
-            .unwrap_or_else(|| {
-                let mut gx = vec![0f32; m * k];
-                gemm_into(&mut gx, false, g, w, (m, k, n), (k, 1));
-                gx
-            });
-        [Some(from_vec(gx, &[m, k]))]
+        [Some(from_vec(input_grad(elems(&g), m, w, n, k), &[m, k]))]
     }
+}
+
+/// `y = x · Wᵀ + b` (`x` is `m × k`, `w` is `n × k`, `b` has `n`): the streaming kernels, the
+/// blocked ones or gemm, whichever suits `m` on this CPU.
+pub(super) fn product(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    // The blocked kernels add to y: without a bias to write first, zeros written.
+    let mut y = if bias.is_none() && blocks(m) {
+        written_zeros(m * n)
+    } else {
+        vec![0f32; m * n]
+    };
+    if stream_x_wt(x, m, w, n, k, &mut y) {
+        if let Some(b) = bias {
+            y.par_chunks_mut(n)
+                .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+        }
+    } else {
+        // The blocked kernels and gemm add to what is there: the bias, or zeros.
+        if let Some(b) = bias {
+            y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
+        }
+        if !blocked_x_wt(x, m, w, n, k, &mut y) {
+            // y = b + x · Wᵀ, Wᵀ read through its strides.
+            gemm_into(&mut y, bias.is_some(), x, w, (m, n, k), (1, k));
+        }
+    }
+    y
+}
+
+/// `∂x = g · W` (`g` is `m × n`, `w` is `n × k`): the backward step of [`product`].
+pub(super) fn input_grad(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    stream_g_w(g, m, w, n, k)
+        .or_else(|| blocked_g_w(g, m, w, n, k))
+        .unwrap_or_else(|| {
+            let mut gx = vec![0f32; m * k];
+            gemm_into(&mut gx, false, g, w, (m, k, n), (k, 1));
+            gx
+        })
 }
 
 /// `dst = (dst if accumulate) + lhs · rhs` for row-major `dst` (`m × n`) and `lhs` (`m × k`),

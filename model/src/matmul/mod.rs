@@ -31,6 +31,8 @@ mod avx2;
 mod blocked;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "flex")]
+mod flex_half;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod heads;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]

@@ -1,5 +1,5 @@
-//! f32 weights rounded to bf16 or f16 on every core, for a backend that holds half-precision
-//! weights in host memory (flex under `--dtype bf16|f16`).
+//! f32 to and from bf16 and f16 on every core, for flex running in half precision
+//! (`--dtype bf16|f16`): its weights rounded at load, and its products computed in f32.
 //!
 //! Handed f32 data and asked for half precision, burn-flex converts on one thread through an
 //! f64 copy of the tensor: most of a 20 s load of the 1.5B model. Here each f32 is rounded
@@ -9,9 +9,12 @@
 //! patterns.
 
 use burn::tensor::{DType, TensorData};
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
+use rayon::prelude::*;
 
-use super::decode::threads_for;
+/// Values per parallel task (1 MiB of f32).
+const VALUES_PER_TASK: usize = 1 << 18;
 
 /// `data` (f32) rounded to `target` (bf16 or f16, to nearest, ties to even) on every core;
 /// `None` for any other pair of types.
@@ -23,9 +26,48 @@ pub(crate) fn halve(data: &TensorData, target: DType) -> Option<TensorData> {
     let shape = data.shape.clone();
     match target {
         DType::BF16 => Some(TensorData::new(round(values, to_bf16), shape)),
-        DType::F16 => Some(TensorData::new(round(values, f16::from_f32), shape)),
+        DType::F16 => Some(TensorData::new(round_f16(values), shape)),
         _ => None,
     }
+}
+
+/// `values` rounded to `target` (bf16 or f16) as little-endian bytes; `None` for another type.
+pub(crate) fn halve_values(values: &[f32], target: DType) -> Option<burn::tensor::Bytes> {
+    use burn::tensor::Bytes;
+    match target {
+        DType::BF16 => Some(Bytes::from_elems(round(values, to_bf16))),
+        DType::F16 => Some(Bytes::from_elems(round_f16(values))),
+        _ => None,
+    }
+}
+
+/// bf16 (`BF16`) or f16 (`F16`) values, given as their bits, widened to f32 (exactly) into
+/// `out`, on every core.
+pub(crate) fn widen_into(bits: &[u16], dtype: DType, out: &mut [f32]) {
+    assert_eq!(bits.len(), out.len());
+    match dtype {
+        DType::BF16 => each(bits, out, |b| f32::from_bits(u32::from(b) << 16)),
+        // half converts f16 slices with the CPU's own instructions where it has them (F16C).
+        DType::F16 => out
+            .par_chunks_mut(VALUES_PER_TASK)
+            .zip(bits.par_chunks(VALUES_PER_TASK))
+            .for_each(|(out, bits)| {
+                bits.reinterpret_cast::<f16>().convert_to_f32_slice(out);
+            }),
+        other => panic!("widen_into: {other:?} is not a half type"),
+    }
+}
+
+/// `out[i] = to(from[i])` in parallel runs of [`VALUES_PER_TASK`] (rayon's pool: this runs
+/// on every product in half precision).
+fn each<F: Copy + Sync, T: Send>(from: &[F], out: &mut [T], to: impl Fn(F) -> T + Sync) {
+    out.par_chunks_mut(VALUES_PER_TASK)
+        .zip(from.par_chunks(VALUES_PER_TASK))
+        .for_each(|(out, from)| {
+            for (o, &f) in out.iter_mut().zip(from) {
+                *o = to(f);
+            }
+        });
 }
 
 /// `v` rounded to bf16, to nearest, ties to even, as `bf16::from_f32` does, written on the
@@ -38,19 +80,20 @@ fn to_bf16(v: f32) -> bf16 {
     bf16::from_bits(if v.is_nan() { nan } else { rounded } as u16)
 }
 
-/// Each value through `to`, in one run per thread ([`threads_for`]).
-fn round<H: Copy + Default + Send>(values: &[f32], to: impl Fn(f32) -> H + Copy + Send) -> Vec<H> {
+/// Each value rounded to f16 (as `f16::from_f32`, with the CPU's F16C where it has it), on
+/// every core.
+fn round_f16(values: &[f32]) -> Vec<f16> {
+    let mut out = vec![f16::ZERO; values.len()];
+    out.par_chunks_mut(VALUES_PER_TASK)
+        .zip(values.par_chunks(VALUES_PER_TASK))
+        .for_each(|(out, values)| out.convert_from_f32_slice(values));
+    out
+}
+
+/// Each value through `to`, on every core.
+fn round<H: Copy + Default + Send>(values: &[f32], to: impl Fn(f32) -> H + Sync) -> Vec<H> {
     let mut out = vec![H::default(); values.len()];
-    let per_thread = values.len().div_ceil(threads_for(values.len())).max(1);
-    std::thread::scope(|scope| {
-        for (o, v) in out.chunks_mut(per_thread).zip(values.chunks(per_thread)) {
-            scope.spawn(move || {
-                for (o, &v) in o.iter_mut().zip(v) {
-                    *o = to(v);
-                }
-            });
-        }
-    });
+    each(values, &mut out, to);
     out
 }
 
@@ -134,6 +177,32 @@ mod tests {
                 "{:#x}",
                 v.to_bits()
             );
+        }
+    }
+
+    #[test]
+    fn widening_is_exact_and_undoes_rounding() {
+        let values = awkward();
+        for (dtype, to_f32) in [
+            (
+                DType::BF16,
+                (|b| bf16::from_bits(b).to_f32()) as fn(u16) -> f32,
+            ),
+            (DType::F16, |b| f16::from_bits(b).to_f32()),
+        ] {
+            let bytes = halve_values(&values, dtype).unwrap();
+            let bits: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            let mut wide = vec![0f32; bits.len()];
+            widen_into(&bits, dtype, &mut wide);
+            for (&w, &b) in wide.iter().zip(&bits) {
+                assert_eq!(w.to_bits(), to_f32(b).to_bits(), "{dtype:?} {b:#x}");
+            }
+            // Widened values are exactly representable: rounding them again changes nothing.
+            let again = halve_values(&wide, dtype).unwrap();
+            assert_eq!(&again[..], &bytes[..], "{dtype:?}");
         }
     }
 
