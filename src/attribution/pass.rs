@@ -57,6 +57,15 @@ fn taps<B: Backend>(tap: Option<fn(Site) -> bool>) -> Taps<Autodiff<B>> {
 
 /// The predicted and target tokens from the logits, checked against the vocabulary.
 fn tokens(logits: &[f32], objective: Objective) -> Result<(u32, u32), ModelError> {
+    let bad = logits.iter().filter(|l| !l.is_finite()).count();
+    if bad > 0 {
+        return Err(ModelError::Source(format!(
+            "the forward pass gave {bad} of {} logits that are NaN or infinite: the activations \
+             overflowed the precision (f16 holds at most 65504, which Qwen2.5's residual stream \
+             exceeds; use --dtype bf16 or f32), or the weights hold NaN",
+            logits.len()
+        )));
+    }
     let predicted_id = target::argmax(logits);
     let target_id = objective.token.resolve(logits);
     for id in std::iter::once(target_id).chain(objective.contrast) {
@@ -316,4 +325,24 @@ fn layers_backward<B: Backend>(
 /// Waits for the device's queued work, as an error if the backend failed.
 fn sync<B: Backend>(device: &B::Device) -> Result<(), ModelError> {
     B::sync(device).map_err(|e| ModelError::Source(format!("backend failed: {e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logits_that_are_not_finite_are_an_error_naming_the_precision() {
+        let objective = Objective::default();
+        assert_eq!(tokens(&[0.5, 2.0, -1.0], objective).unwrap(), (1, 1));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let err = tokens(&[0.5, bad, -1.0], objective)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("1 of 3 logits") && err.contains("--dtype bf16"),
+                "{err}"
+            );
+        }
+    }
 }
