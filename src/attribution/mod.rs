@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::backends::{self, BackendJob, Selection};
 use crate::graph::Timings;
@@ -394,7 +394,7 @@ pub fn attribute_loaded_with<B: Backend>(
                     c.num_attention_heads,
                     head_activation(layer),
                     grad_tensors[&Site::HeadOut(layer)].clone(),
-                    block.self_attn.o_proj.weight.val().inner(),
+                    o_proj_for_heads(block, head_activation(layer).dtype()),
                     grad_tensors[&Site::AttnOut(layer)].clone(),
                 )
                 .map_err(ModelError::Source)?,
@@ -418,7 +418,7 @@ pub fn attribute_loaded_with<B: Backend>(
                         layer,
                         c.num_attention_heads,
                         head_activation(layer),
-                        block.self_attn.o_proj.weight.val().inner(),
+                        o_proj_for_heads(block, head_activation(layer).dtype()),
                         &downstream,
                     )
                     .map_err(ModelError::Source)?,
@@ -562,4 +562,14 @@ pub(crate) fn to_vec<B: Backend, const D: usize>(
         .convert::<f32>()
         .into_vec::<f32>()
         .map_err(|e| ModelError::Source(format!("cannot read a tensor back: {e:?}")))
+}
+
+/// A layer's o_proj weight for the heads' scores, in the activations' precision `dtype` (the
+/// model may keep its linear weights in bf16 while it computes in f32, see
+/// `qwen2_burn::matmul`).
+fn o_proj_for_heads<B: Backend>(
+    block: &crate::model::block::DecoderLayer<Autodiff<B>>,
+    dtype: DType,
+) -> Tensor<B, 2> {
+    crate::model::matmul::weight_as(block.self_attn.o_proj.weight.val().inner(), dtype)
 }

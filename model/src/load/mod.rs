@@ -39,6 +39,13 @@ pub trait WeightSource {
             .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
         Ok(TensorData::new(self.read_f32(name)?, shape))
     }
+    /// A bf16 or f16 tensor as stored, shared with memory the source already holds (a file
+    /// map), for a backend that computes with half-precision weights itself; `None` where the
+    /// tensor is stored otherwise or the source would have to copy it.
+    fn read_in_place_half(&self, name: &str) -> Option<TensorData> {
+        let _ = name;
+        None
+    }
 }
 
 /// Names a checkpoint may carry that the model rebuilds itself (RoPE's frequencies in old
@@ -134,6 +141,30 @@ impl<'a, B: Backend> Loader<'a, B> {
         ))
     }
 
+    /// A linear layer's weight: on flex, a bf16 or f16 weight held in place stays in that
+    /// precision when the model computes in f32 or in that same precision (the products widen
+    /// it a block at a time, exactly, see `matmul`); anything else as [`Self::param`].
+    fn linear_weight(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<Param<Tensor<B, 2>>, ModelError> {
+        #[cfg(feature = "flex")]
+        if crate::flex_ops::recognised::<B>() && self.source.shape(name).as_deref() == Some(&shape)
+        {
+            let target: DType = get_device_settings::<B>(&self.device).float_dtype.into();
+            if let Some(data) = self.source.read_in_place_half(name) {
+                if target == DType::F32 || target == data.dtype {
+                    self.used.insert(name.to_string());
+                    let dtype = data.dtype;
+                    let tensor = Tensor::from_data(data, (&self.device, dtype));
+                    return Ok(Param::initialized(ParamId::new(), tensor));
+                }
+            }
+        }
+        self.param(name, shape)
+    }
+
     /// A vector parameter of length `len`.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<B, 1>>, ModelError> {
         self.param(name, [len])
@@ -148,7 +179,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         d_out: usize,
         bias: bool,
     ) -> Result<Linear<B>, ModelError> {
-        let weight = self.param(&format!("{prefix}.weight"), [d_out, d_in])?;
+        let weight = self.linear_weight(&format!("{prefix}.weight"), [d_out, d_in])?;
         let bias = if bias {
             Some(self.vector(&format!("{prefix}.bias"), d_out)?)
         } else {

@@ -206,6 +206,25 @@ impl WeightSource for SafetensorsSource {
         Ok(values)
     }
 
+    fn read_in_place_half(&self, name: &str) -> Option<TensorData> {
+        let (entry, mmap, range) = self.locate(name).ok()?;
+        let dtype = match entry.dtype {
+            Dtype::BF16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+            _ => return None,
+        };
+        let aligned = (mmap.as_ptr() as usize + range.start).is_multiple_of(2);
+        if !(self.in_place && aligned && cfg!(target_endian = "little")) {
+            return None;
+        }
+        let slice = MappedSlice {
+            map: Arc::clone(mmap),
+            range,
+        };
+        let bytes = Bytes::from_shared(bytes::Bytes::from_owner(slice), AllocationProperty::File);
+        Some(TensorData::from_bytes(bytes, entry.shape.clone(), dtype))
+    }
+
     fn read_data(&self, name: &str) -> Result<TensorData, ModelError> {
         let (entry, mmap, range) = self.locate(name)?;
         let aligned =

@@ -25,9 +25,9 @@ const BLOCK_VALUES: usize = if cfg!(test) { 1 << 10 } else { 1 << 22 };
 pub(super) struct XWtHalf {
     /// `[n, k]`, contiguous.
     weight: FlexTensor,
-    /// `[n]`, contiguous.
+    /// `[n]`, contiguous, in the weight's precision or in f32.
     bias: Option<FlexTensor>,
-    /// bf16 or f16: the weight's, the bias's, the input's and the output's.
+    /// bf16 or f16: the weight's.
     dtype: DType,
 }
 
@@ -43,7 +43,8 @@ impl XWtHalf {
         let bias = match bias {
             Some(b) => {
                 let b = constant::<B>(b)?;
-                (b.dtype() == dtype && dims(&b) == [dims(&weight)[0]]).then_some(())?;
+                let precision = b.dtype() == dtype || b.dtype() == DType::F32;
+                (precision && dims(&b) == [dims(&weight)[0]]).then_some(())?;
                 Some(contiguous(b))
             }
             None => None,
@@ -82,11 +83,14 @@ impl FlexOp<1> for XWtHalf {
     fn forward(&self, [x]: [&FlexTensor; 1]) -> Option<(FlexTensor, ())> {
         let (n, k) = self.shape();
         let [m, kx] = dims(x)[..] else { return None };
-        if x.dtype() != self.dtype || kx != k || m == 0 || n == 0 || k == 0 {
+        // The input in the weight's precision (the model runs in it), or in f32 (the model
+        // computes in f32 with half-precision weights): the output is in the input's.
+        let out = x.dtype();
+        if !(out == self.dtype || out == DType::F32) || kx != k || m == 0 || n == 0 || k == 0 {
             return None;
         }
-        let x = widened(x, self.dtype);
-        let bias = self.bias.as_ref().map(|b| widened(b, self.dtype));
+        let x = widened(x);
+        let bias = self.bias.as_ref().map(widened);
         let mut y = vec![0f32; m * n];
         let mut block = Vec::new();
         let per = self.block_rows();
@@ -99,13 +103,13 @@ impl FlexOp<1> for XWtHalf {
                 y[r0..r0 + nb].copy_from_slice(yb);
             }
         }
-        Some((rounded(&y, self.dtype, &[m, n]), ()))
+        Some((in_precision(y, out, &[m, n]), ()))
     }
 
     fn backward(&self, _: &(), grad: &FlexTensor, _: [bool; 1]) -> [Option<FlexTensor>; 1] {
         let (n, k) = self.shape();
         let m = dims(grad)[0];
-        let g = widened(grad, grad.dtype());
+        let g = widened(grad);
         let mut gx = vec![0f32; m * k];
         let (mut block, mut gb) = (Vec::new(), Vec::new());
         let per = self.block_rows();
@@ -126,8 +130,26 @@ impl FlexOp<1> for XWtHalf {
                 *gx += part;
             }
         }
-        [Some(rounded(&gx, self.dtype, &[m, k]))]
+        [Some(in_precision(gx, grad.dtype(), &[m, k]))]
     }
+}
+
+/// A constant bf16 or f16 flex tensor widened to f32 (`dtype`) on every core; `None` on other
+/// backends, for other types, or for a tensor that requires a gradient.
+pub(super) fn widened_tensor<B: Backend>(
+    t: &burn::tensor::Tensor<B, 2>,
+    dtype: DType,
+) -> Option<burn::tensor::Tensor<B, 2>> {
+    let primitive = crate::flex_ops::primitive(t.clone());
+    let flex = constant::<B>(&primitive)?;
+    if dtype != DType::F32 || !matches!(flex.dtype(), DType::BF16 | DType::F16) {
+        return None;
+    }
+    let data = burn::tensor::TensorData::new(widened(&flex), dims(&flex));
+    Some(burn::tensor::Tensor::from_data(
+        data,
+        (&t.device(), DType::F32),
+    ))
 }
 
 /// `t` with its elements in row-major order.
@@ -155,28 +177,29 @@ fn bits(t: &FlexTensor) -> &[u16] {
     }
 }
 
-/// A half-precision tensor of `dtype`, widened to f32 in row-major order.
-fn widened(t: &FlexTensor, dtype: DType) -> Vec<f32> {
-    assert_eq!(
-        t.dtype(),
-        dtype,
-        "operands of one product share a precision"
-    );
+/// A tensor's values as f32, in row-major order: bf16 and f16 widened (exactly).
+fn widened(t: &FlexTensor) -> Vec<f32> {
     let t = contiguous(t.clone());
+    if t.dtype() == DType::F32 {
+        return t.as_slice::<f32>().expect("a contiguous tensor").to_vec();
+    }
     let bits = bits(&t);
     let mut out = vec![0f32; bits.len()];
-    widen_into(bits, dtype, &mut out);
+    widen_into(bits, t.dtype(), &mut out);
     out
 }
 
-/// `values` rounded to `dtype` as a contiguous tensor of `shape`.
-fn rounded(values: &[f32], dtype: DType, shape: &[usize]) -> FlexTensor {
-    let bytes = halve_values(values, dtype).expect("a half type");
-    FlexTensor::new(
-        bytes,
-        Layout::contiguous(Shape::from(shape.to_vec())),
-        dtype,
-    )
+/// `values` as a contiguous tensor of `shape` in `dtype`: as they are in f32, else rounded.
+fn in_precision(values: Vec<f32>, dtype: DType, shape: &[usize]) -> FlexTensor {
+    let layout = Layout::contiguous(Shape::from(shape.to_vec()));
+    match dtype {
+        DType::F32 => FlexTensor::new(burn::tensor::Bytes::from_elems(values), layout, dtype),
+        _ => FlexTensor::new(
+            halve_values(&values, dtype).expect("a half type"),
+            layout,
+            dtype,
+        ),
+    }
 }
 
 #[cfg(test)]

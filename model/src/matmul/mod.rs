@@ -70,6 +70,20 @@ pub fn blocks(m: usize) -> bool {
     }
 }
 
+/// `weight` in `dtype`: itself if it is already, else converted (a half-precision weight the
+/// products keep as it is, widened for code that multiplies it with burn's own ops). On flex
+/// the widening runs on every core.
+pub fn weight_as<B: Backend>(weight: Tensor<B, 2>, dtype: burn::tensor::DType) -> Tensor<B, 2> {
+    if weight.dtype() == dtype {
+        return weight;
+    }
+    #[cfg(feature = "flex")]
+    if let Some(wide) = flex_half::widened_tensor(&weight, dtype) {
+        return wide;
+    }
+    weight.cast(dtype)
+}
+
 /// The operands of [`try_linear`], handed back when it does not apply: `x`, `W`, `b`.
 pub type LinearOperands<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
 
