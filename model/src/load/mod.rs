@@ -134,6 +134,10 @@ impl<'a, B: Backend> Loader<'a, B> {
         name: &str,
         shape: [usize; D],
     ) -> Result<Param<Tensor<B, D>>, ModelError> {
+        // Held in place in the precision the model computes in: nothing to convert.
+        if let Some(tensor) = self.in_place_half(name, &shape, false) {
+            return Ok(Param::initialized(ParamId::new(), tensor));
+        }
         let data = self.read(name, &shape)?;
         Ok(Param::initialized(
             ParamId::new(),
@@ -149,20 +153,32 @@ impl<'a, B: Backend> Loader<'a, B> {
         name: &str,
         shape: [usize; 2],
     ) -> Result<Param<Tensor<B, 2>>, ModelError> {
+        match self.in_place_half(name, &shape, true) {
+            Some(tensor) => Ok(Param::initialized(ParamId::new(), tensor)),
+            None => self.param(name, shape),
+        }
+    }
+
+    /// On flex, `name` as the bf16 or f16 tensor the source holds in place, when the model
+    /// computes in that precision (or, with `f32_too`, in f32); `None` otherwise.
+    fn in_place_half<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: &[usize; D],
+        f32_too: bool,
+    ) -> Option<Tensor<B, D>> {
         #[cfg(feature = "flex")]
-        if crate::flex_ops::recognised::<B>() && self.source.shape(name).as_deref() == Some(&shape)
-        {
+        if crate::flex_ops::recognised::<B>() && self.source.shape(name).as_deref() == Some(shape) {
             let target: DType = get_device_settings::<B>(&self.device).float_dtype.into();
-            if let Some(data) = self.source.read_in_place_half(name) {
-                if target == DType::F32 || target == data.dtype {
-                    self.used.insert(name.to_string());
-                    let dtype = data.dtype;
-                    let tensor = Tensor::from_data(data, (&self.device, dtype));
-                    return Ok(Param::initialized(ParamId::new(), tensor));
-                }
+            let data = self.source.read_in_place_half(name)?;
+            if target == data.dtype || (f32_too && target == DType::F32) {
+                self.used.insert(name.to_string());
+                let dtype = data.dtype;
+                return Some(Tensor::from_data(data, (&self.device, dtype)));
             }
         }
-        self.param(name, shape)
+        let _ = (name, shape, f32_too);
+        None
     }
 
     /// A vector parameter of length `len`.
