@@ -15,9 +15,11 @@ use super::flex::{input_grad, product};
 use crate::flex_ops::{constant, dims, FlexOp, Float};
 use crate::halves::{halve_values, widen_into};
 
-/// Weight values widened to f32 at a time (16 MiB; a few rows in the tests, so that their
-/// small weights span several blocks).
+/// Weight values widened to f32 at a time for the streaming and blocked kernels (16 MiB; a
+/// few rows in the tests, so that their small weights span several blocks).
 const BLOCK_VALUES: usize = if cfg!(test) { 1 << 10 } else { 1 << 22 };
+/// The same for gemm (64 MiB: every weight of the 1.5B model but the embeddings in one).
+const GEMM_BLOCK_VALUES: usize = if cfg!(test) { 1 << 10 } else { 1 << 24 };
 
 /// `y = x · Wᵀ + b` with constant half-precision `W` and `b`; the backward step gives
 /// `∂x = ∂y · W`, in the same precision.
@@ -70,11 +72,23 @@ impl XWtHalf {
         widen_into(bits, self.dtype, out);
     }
 
-    /// Weight rows per block.
-    fn block_rows(&self) -> usize {
+    /// Weight rows per block for a product with `m` rows: blocks of [`BLOCK_VALUES`] for the
+    /// kernels that stream the weight, up to [`GEMM_BLOCK_VALUES`] for gemm, which packs its
+    /// operands anew for every call.
+    fn block_rows(&self, m: usize) -> usize {
         let (n, k) = self.shape();
-        (BLOCK_VALUES / k.max(1)).clamp(1, n.max(1))
+        let values = match super::flex::streams(m) || super::flex::blocks(m) {
+            true => BLOCK_VALUES,
+            false => GEMM_BLOCK_VALUES,
+        };
+        (values / k.max(1)).clamp(1, n.max(1))
     }
+}
+
+thread_local! {
+    /// The widened block, kept from one product to the next on this thread: a buffer allocated
+    /// anew for each product would have its pages zeroed by the kernel every time.
+    static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl FlexOp<1> for XWtHalf {
@@ -91,18 +105,25 @@ impl FlexOp<1> for XWtHalf {
         }
         let x = widened(x);
         let bias = self.bias.as_ref().map(widened);
-        let mut y = vec![0f32; m * n];
-        let mut block = Vec::new();
-        let per = self.block_rows();
-        for r0 in (0..n).step_by(per) {
-            let rows = r0..(r0 + per).min(n);
-            let nb = rows.len();
-            self.widen_rows(rows.clone(), &mut block);
-            let yb = product(&x, m, &block, nb, k, bias.as_ref().map(|b| &b[rows]));
-            for (y, yb) in y.chunks_mut(n).zip(yb.chunks(nb)) {
-                y[r0..r0 + nb].copy_from_slice(yb);
+        let per = self.block_rows(m);
+        let y = BLOCK.with_borrow_mut(|block| {
+            if per >= n {
+                // One block: its product is the output.
+                self.widen_rows(0..n, block);
+                return product(&x, m, block, n, k, bias.as_deref());
             }
-        }
+            let mut y = vec![0f32; m * n];
+            for r0 in (0..n).step_by(per) {
+                let rows = r0..(r0 + per).min(n);
+                let nb = rows.len();
+                self.widen_rows(rows.clone(), block);
+                let yb = product(&x, m, block, nb, k, bias.as_ref().map(|b| &b[rows]));
+                for (y, yb) in y.chunks_mut(n).zip(yb.chunks(nb)) {
+                    y[r0..r0 + nb].copy_from_slice(yb);
+                }
+            }
+            y
+        });
         Some((in_precision(y, out, &[m, n]), ()))
     }
 
@@ -110,9 +131,17 @@ impl FlexOp<1> for XWtHalf {
         let (n, k) = self.shape();
         let m = dims(grad)[0];
         let g = widened(grad);
+        let per = self.block_rows(m);
+        let mut block = BLOCK.take();
+        if per >= n {
+            // One block: its input gradient is the whole.
+            self.widen_rows(0..n, &mut block);
+            let gx = input_grad(&g, m, &block, n, k);
+            BLOCK.set(block);
+            return [Some(in_precision(gx, grad.dtype(), &[m, k]))];
+        }
         let mut gx = vec![0f32; m * k];
-        let (mut block, mut gb) = (Vec::new(), Vec::new());
-        let per = self.block_rows();
+        let mut gb = Vec::new();
         for r0 in (0..n).step_by(per) {
             let rows = r0..(r0 + per).min(n);
             let nb = rows.len();
@@ -130,6 +159,7 @@ impl FlexOp<1> for XWtHalf {
                 *gx += part;
             }
         }
+        BLOCK.set(block);
         [Some(in_precision(gx, grad.dtype(), &[m, k]))]
     }
 }
@@ -264,12 +294,18 @@ mod tests {
 
     /// `x · Wᵀ + b` and its input gradient `c · W` (the gradient of `Σ c ⊙ y`) against f64,
     /// for row counts that take the streaming kernels, the blocked ones and gemm, and a
-    /// weight spread over several widened blocks (the last one short).
+    /// weight in one widened block or spread over several (the last one short).
     #[test]
     fn half_precision_products_and_gradients_equal_f64_on_the_half_operands() {
         type B = Autodiff<Flex>;
-        let (n, k) = (40, 64);
-        for dtype in [DType::BF16, DType::F16] {
+        let k = 64;
+        // 12 rows fit one block of the tests' size (1,024 values), 40 take three.
+        for (n, dtype) in [
+            (12, DType::BF16),
+            (40, DType::BF16),
+            (12, DType::F16),
+            (40, DType::F16),
+        ] {
             // Half of the rounding unit: bf16 keeps 8 bits, f16 11.
             let unit = if dtype == DType::BF16 {
                 2f64.powi(-8)
@@ -277,7 +313,7 @@ mod tests {
                 2f64.powi(-11)
             };
             for m in [1, 5, 12, 130] {
-                let label = format!("{dtype:?} m = {m}");
+                let label = format!("{dtype:?} m = {m}, n = {n}");
                 let (x, xh) = half::<B, 2>(&values(m * k, 1), [m, k], dtype);
                 let (w, wh) = half::<B, 2>(&values(n * k, 2), [n, k], dtype);
                 let (b, bh) = half::<B, 1>(&values(n, 3), [n], dtype);
