@@ -106,24 +106,27 @@ impl FlexOp<1> for XWtHalf {
         let x = widened(x);
         let bias = self.bias.as_ref().map(widened);
         let per = self.block_rows(m);
-        let y = BLOCK.with_borrow_mut(|block| {
-            if per >= n {
-                // One block: its product is the output.
-                self.widen_rows(0..n, block);
-                return product(&x, m, block, n, k, bias.as_deref());
-            }
+        // Taken, not borrowed: a product that waits on rayon may run another one meanwhile on
+        // this thread, which then widens into a buffer of its own.
+        let mut block = BLOCK.take();
+        let y = if per >= n {
+            // One block: its product is the output.
+            self.widen_rows(0..n, &mut block);
+            product(&x, m, &block, n, k, bias.as_deref())
+        } else {
             let mut y = vec![0f32; m * n];
             for r0 in (0..n).step_by(per) {
                 let rows = r0..(r0 + per).min(n);
                 let nb = rows.len();
-                self.widen_rows(rows.clone(), block);
-                let yb = product(&x, m, block, nb, k, bias.as_ref().map(|b| &b[rows]));
+                self.widen_rows(rows.clone(), &mut block);
+                let yb = product(&x, m, &block, nb, k, bias.as_ref().map(|b| &b[rows]));
                 for (y, yb) in y.chunks_mut(n).zip(yb.chunks(nb)) {
                     y[r0..r0 + nb].copy_from_slice(yb);
                 }
             }
             y
-        });
+        };
+        BLOCK.set(block);
         Some((in_precision(y, out, &[m, n]), ()))
     }
 
