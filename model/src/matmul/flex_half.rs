@@ -1,12 +1,15 @@
-//! `x · Wᵀ + b` on flex in half precision (`--dtype bf16|f16`): the operands widened to f32,
-//! the product computed by the f32 kernels, the result rounded back.
+//! `x · Wᵀ + b` on flex with a bf16 or f16 weight: the operands widened to f32, the product
+//! computed by the f32 kernels, the result rounded back when the model runs in half precision
+//! (`--dtype bf16|f16`) and left in f32 when it runs in f32 with the weights a bf16
+//! checkpoint stores (read in place, see `load`).
 //!
 //! flex's own bf16 and f16 matmul converts both operands to f32 on one thread on every call
 //! and reads the weight through a transposed copy: a 5-token forward pass of the 1.5B model
 //! took 7-9 s in bf16 against 0.3 s in f32. Here the weight is widened a block of rows at a
-//! time (16 MiB of f32, reused) on every core and multiplied by [`super::flex`]'s kernels;
-//! values are those of an f32 product of the half-precision operands, rounded once, as
-//! flex's matmul defines them.
+//! time (16 MiB of f32 for the streaming and blocked kernels, 64 MiB for gemm, in a buffer
+//! reused from one product to the next) on every core and multiplied by [`super::flex`]'s
+//! kernels. Widening is exact and each output's sum runs as in f32, so the values are those
+//! of an f32 product of the half-precision operands, rounded once where the output is half.
 
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{backend::Backend, DType, Shape};
@@ -21,8 +24,8 @@ const BLOCK_VALUES: usize = if cfg!(test) { 1 << 10 } else { 1 << 22 };
 /// The same for gemm (64 MiB: every weight of the 1.5B model but the embeddings in one).
 const GEMM_BLOCK_VALUES: usize = if cfg!(test) { 1 << 10 } else { 1 << 24 };
 
-/// `y = x · Wᵀ + b` with constant half-precision `W` and `b`; the backward step gives
-/// `∂x = ∂y · W`, in the same precision.
+/// `y = x · Wᵀ + b` with constant half-precision `W` (and `b`); the backward step gives
+/// `∂x = ∂y · W`, each in the input's precision (the weight's, or f32).
 #[derive(Debug)]
 pub(super) struct XWtHalf {
     /// `[n, k]`, contiguous.
