@@ -1,5 +1,5 @@
-//! f32 to and from bf16 and f16 on every core, for flex running in half precision
-//! (`--dtype bf16|f16`): its weights rounded at load, and its products computed in f32.
+//! f32 to and from bf16 and f16 on every core, for flex with half-precision weights: rounded
+//! at load under `--dtype bf16|f16`, and widened for every product (see `matmul`).
 //!
 //! Handed f32 data and asked for half precision, burn-flex converts on one thread through an
 //! f64 copy of the tensor: most of a 20 s load of the 1.5B model. Here each f32 is rounded
