@@ -119,6 +119,31 @@ impl SafetensorsSource {
     }
 }
 
+impl SafetensorsSource {
+    /// `name` as a tensor of `dtype` sharing the map's bytes, where it is stored in `dtype`,
+    /// the source hands out views ([`Self::in_place`]), its bytes are aligned for `dtype`,
+    /// and the machine is little-endian; `None` otherwise.
+    fn shared(&self, name: &str, dtype: DType) -> Option<TensorData> {
+        let (entry, mmap, range) = self.locate(name).ok()?;
+        let stored = match entry.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::BF16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+            _ => return None,
+        };
+        let aligned = (mmap.as_ptr() as usize + range.start).is_multiple_of(dtype.size());
+        if !(stored == dtype && self.in_place && aligned && cfg!(target_endian = "little")) {
+            return None;
+        }
+        let slice = MappedSlice {
+            map: Arc::clone(mmap),
+            range,
+        };
+        let bytes = Bytes::from_shared(bytes::Bytes::from_owner(slice), AllocationProperty::File);
+        Some(TensorData::from_bytes(bytes, entry.shape.clone(), dtype))
+    }
+}
+
 /// A byte range of a shared memory map, owned so a tensor can keep it alive.
 struct MappedSlice {
     map: Arc<Mmap>,
@@ -207,45 +232,22 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn read_in_place_half(&self, name: &str) -> Option<TensorData> {
-        let (entry, mmap, range) = self.locate(name).ok()?;
-        let dtype = match entry.dtype {
+        let dtype = match self.entries.get(name)?.dtype {
             Dtype::BF16 => DType::BF16,
             Dtype::F16 => DType::F16,
             _ => return None,
         };
-        let aligned = (mmap.as_ptr() as usize + range.start).is_multiple_of(2);
-        if !(self.in_place && aligned && cfg!(target_endian = "little")) {
-            return None;
-        }
-        let slice = MappedSlice {
-            map: Arc::clone(mmap),
-            range,
-        };
-        let bytes = Bytes::from_shared(bytes::Bytes::from_owner(slice), AllocationProperty::File);
-        Some(TensorData::from_bytes(bytes, entry.shape.clone(), dtype))
+        self.shared(name, dtype)
     }
 
     fn read_data(&self, name: &str) -> Result<TensorData, ModelError> {
-        let (entry, mmap, range) = self.locate(name)?;
-        let aligned =
-            (mmap.as_ptr() as usize + range.start).is_multiple_of(std::mem::align_of::<f32>());
-        if !(self.in_place
-            && entry.dtype == Dtype::F32
-            && aligned
-            && cfg!(target_endian = "little"))
-        {
-            return Ok(TensorData::new(self.read_f32(name)?, entry.shape.clone()));
+        match self.shared(name, DType::F32) {
+            Some(data) => Ok(data),
+            None => {
+                let shape = self.locate(name)?.0.shape.clone();
+                Ok(TensorData::new(self.read_f32(name)?, shape))
+            }
         }
-        let slice = MappedSlice {
-            map: Arc::clone(mmap),
-            range,
-        };
-        let bytes = Bytes::from_shared(bytes::Bytes::from_owner(slice), AllocationProperty::File);
-        Ok(TensorData::from_bytes(
-            bytes,
-            entry.shape.clone(),
-            DType::F32,
-        ))
     }
 }
 
