@@ -23,12 +23,8 @@ pub(crate) fn halve(data: &TensorData, target: DType) -> Option<TensorData> {
         return None;
     }
     let values = data.as_slice::<f32>().ok()?;
-    let shape = data.shape.clone();
-    match target {
-        DType::BF16 => Some(TensorData::new(round(values, to_bf16), shape)),
-        DType::F16 => Some(TensorData::new(round_f16(values), shape)),
-        _ => None,
-    }
+    let bytes = halve_values(values, target)?;
+    Some(TensorData::from_bytes(bytes, data.shape.clone(), target))
 }
 
 /// `values` rounded to `target` (bf16 or f16) as little-endian bytes; `None` for another type.
@@ -48,26 +44,28 @@ pub(crate) fn widen_into(bits: &[u16], dtype: DType, out: &mut [f32]) {
     match dtype {
         DType::BF16 => each(bits, out, |b| f32::from_bits(u32::from(b) << 16)),
         // half converts f16 slices with the CPU's own instructions where it has them (F16C).
-        DType::F16 => out
-            .par_chunks_mut(VALUES_PER_TASK)
-            .zip(bits.par_chunks(VALUES_PER_TASK))
-            .for_each(|(out, bits)| {
-                bits.reinterpret_cast::<f16>().convert_to_f32_slice(out);
-            }),
+        DType::F16 => in_runs(bits, out, |bits, out| {
+            bits.reinterpret_cast::<f16>().convert_to_f32_slice(out)
+        }),
         other => panic!("widen_into: {other:?} is not a half type"),
     }
 }
 
-/// `out[i] = to(from[i])` in parallel runs of [`VALUES_PER_TASK`] (rayon's pool: this runs
-/// on every product in half precision).
-fn each<F: Copy + Sync, T: Send>(from: &[F], out: &mut [T], to: impl Fn(F) -> T + Sync) {
+/// `run` on matching runs of [`VALUES_PER_TASK`] of `from` and `out`, in parallel (rayon's
+/// pool: this runs on every product with half-precision weights).
+fn in_runs<F: Sync, T: Send>(from: &[F], out: &mut [T], run: impl Fn(&[F], &mut [T]) + Sync) {
     out.par_chunks_mut(VALUES_PER_TASK)
         .zip(from.par_chunks(VALUES_PER_TASK))
-        .for_each(|(out, from)| {
-            for (o, &f) in out.iter_mut().zip(from) {
-                *o = to(f);
-            }
-        });
+        .for_each(|(out, from)| run(from, out));
+}
+
+/// `out[i] = to(from[i])`, in parallel runs ([`in_runs`]).
+fn each<F: Copy + Sync, T: Send>(from: &[F], out: &mut [T], to: impl Fn(F) -> T + Sync) {
+    in_runs(from, out, |from, out| {
+        for (o, &f) in out.iter_mut().zip(from) {
+            *o = to(f);
+        }
+    });
 }
 
 /// `v` rounded to bf16, to nearest, ties to even, as `bf16::from_f32` does, written on the
@@ -84,9 +82,9 @@ fn to_bf16(v: f32) -> bf16 {
 /// every core.
 fn round_f16(values: &[f32]) -> Vec<f16> {
     let mut out = vec![f16::ZERO; values.len()];
-    out.par_chunks_mut(VALUES_PER_TASK)
-        .zip(values.par_chunks(VALUES_PER_TASK))
-        .for_each(|(out, values)| out.convert_from_f32_slice(values));
+    in_runs(values, &mut out, |values, out| {
+        out.convert_from_f32_slice(values)
+    });
     out
 }
 

@@ -177,6 +177,7 @@ impl<'a, B: Backend> Loader<'a, B> {
                 return Some(Tensor::from_data(data, (&self.device, dtype)));
             }
         }
+        #[cfg(not(feature = "flex"))]
         let _ = (name, shape, f32_too);
         None
     }
