@@ -39,10 +39,7 @@ pub(super) fn try_linear<B: Backend>(
     let weight = primitive(weight);
     let bias = bias.map(primitive);
     if let Some(op) = super::flex_half::XWtHalf::new::<B>(&weight, bias.as_ref()) {
-        return match flex_ops::run::<B, _, 1>(op, [primitive(x)]) {
-            Ok(y) => Ok(tensor(y)),
-            Err([x]) => Err((tensor(x), tensor(weight), bias.map(tensor))),
-        };
+        return run_linear(op, x, weight, bias);
     }
     let w = constant::<B>(&weight).filter(|w| weight_rows(w).is_some());
     let b = match &bias {
@@ -57,6 +54,18 @@ pub(super) fn try_linear<B: Backend>(
     let Some(op) = op else {
         return Err((x, tensor(weight), bias.map(tensor)));
     };
+    run_linear(op, x, weight, bias)
+}
+
+/// A linear layer's operation `op` on `x`; where it declines, the operands back as
+/// [`try_linear`] returns them.
+#[allow(clippy::result_large_err)]
+fn run_linear<B: Backend, Op: FlexOp<1>>(
+    op: Op,
+    x: Tensor<B, 2>,
+    weight: flex_ops::Float<B>,
+    bias: Option<flex_ops::Float<B>>,
+) -> Result<Tensor<B, 2>, super::LinearOperands<B>> {
     match flex_ops::run::<B, _, 1>(op, [primitive(x)]) {
         Ok(y) => Ok(tensor(y)),
         Err([x]) => Err((tensor(x), tensor(weight), bias.map(tensor))),

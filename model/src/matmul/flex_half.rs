@@ -15,7 +15,7 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{backend::Backend, DType, Shape};
 
 use super::flex::{input_grad, product};
-use crate::flex_ops::{constant, dims, FlexOp, Float};
+use crate::flex_ops::{constant, dense, dims, elems, FlexOp, Float};
 use crate::halves::{halve_values, widen_into};
 
 /// Weight values widened to f32 at a time for the streaming and blocked kernels (16 MiB; a
@@ -37,8 +37,8 @@ pub(super) struct XWtHalf {
 }
 
 impl XWtHalf {
-    /// The operation for a half-precision weight (and bias of the same type) on flex; `None`
-    /// for anything else.
+    /// The operation for a half-precision weight (and a bias of the same type or f32) on flex;
+    /// `None` for anything else.
     pub(super) fn new<B: Backend>(weight: &Float<B>, bias: Option<&Float<B>>) -> Option<Self> {
         let weight = constant::<B>(weight)?;
         let dtype = weight.dtype();
@@ -181,7 +181,10 @@ pub(super) fn widened_tensor<B: Backend>(
     if dtype != DType::F32 || !matches!(flex.dtype(), DType::BF16 | DType::F16) {
         return None;
     }
-    let data = burn::tensor::TensorData::new(widened(&flex), dims(&flex));
+    let Wide::Widened(values) = widened(&flex) else {
+        return None;
+    };
+    let data = burn::tensor::TensorData::new(values, dims(&flex));
     Some(burn::tensor::Tensor::from_data(
         data,
         (&t.device(), DType::F32),
@@ -213,16 +216,36 @@ fn bits(t: &FlexTensor) -> &[u16] {
     }
 }
 
-/// A tensor's values as f32, in row-major order: bf16 and f16 widened (exactly).
-fn widened(t: &FlexTensor) -> Vec<f32> {
-    let t = contiguous(t.clone());
-    if t.dtype() == DType::F32 {
-        return t.as_slice::<f32>().expect("a contiguous tensor").to_vec();
+/// A tensor's values as f32, in row-major order.
+enum Wide {
+    /// An f32 tensor, shared (or made contiguous once).
+    Shared(FlexTensor),
+    /// A bf16 or f16 tensor widened (exactly).
+    Widened(Vec<f32>),
+}
+
+impl std::ops::Deref for Wide {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Wide::Shared(t) => elems(t),
+            Wide::Widened(v) => v,
+        }
     }
+}
+
+/// `t`'s values as f32: an f32 tensor as it is (the input of a model computing in f32 is not
+/// copied for every product), a half-precision one widened.
+fn widened(t: &FlexTensor) -> Wide {
+    if let Some(t) = dense(t) {
+        return Wide::Shared(t);
+    }
+    let t = contiguous(t.clone());
     let bits = bits(&t);
     let mut out = vec![0f32; bits.len()];
     widen_into(bits, t.dtype(), &mut out);
-    out
+    Wide::Widened(out)
 }
 
 /// `values` as a contiguous tensor of `shape` in `dtype`: as they are in f32, else rounded.
