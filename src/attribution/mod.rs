@@ -388,13 +388,15 @@ pub fn attribute_loaded_with<B: Backend>(
 
         let mut heads = Vec::new();
         for (layer, block) in model.model.layers.iter().enumerate() {
+            let z = head_activation(layer);
+            let o_proj = o_proj_for_heads(block, z.dtype());
             heads.extend(
                 heads::layer_heads(
                     layer,
                     c.num_attention_heads,
-                    head_activation(layer),
+                    z,
                     grad_tensors[&Site::HeadOut(layer)].clone(),
-                    o_proj_for_heads(block, head_activation(layer).dtype()),
+                    o_proj,
                     grad_tensors[&Site::AttnOut(layer)].clone(),
                 )
                 .map_err(ModelError::Source)?,
@@ -413,15 +415,11 @@ pub fn attribute_loaded_with<B: Backend>(
                     .chain(std::iter::once((LOGITS.to_string(), Site::FinalIn)))
                     .map(|(id, input)| (id, grad_tensors[&input].clone()))
                     .collect();
+                let z = head_activation(layer);
+                let o_proj = o_proj_for_heads(block, z.dtype());
                 head_edges.extend(
-                    heads::layer_head_edges(
-                        layer,
-                        c.num_attention_heads,
-                        head_activation(layer),
-                        o_proj_for_heads(block, head_activation(layer).dtype()),
-                        &downstream,
-                    )
-                    .map_err(ModelError::Source)?,
+                    heads::layer_head_edges(layer, c.num_attention_heads, z, o_proj, &downstream)
+                        .map_err(ModelError::Source)?,
                 );
             }
         }
