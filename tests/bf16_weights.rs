@@ -1,15 +1,17 @@
-//! A bf16 checkpoint (the fixtures, as hub checkpoints) on flex in f32: its linear weights
-//! stay bf16, read in place, and every product widens them exactly, so the target value, node
-//! scores, edges and heads equal those of the same checkpoint converted to f32 at load.
+//! A bf16 checkpoint (the fixtures, as hub checkpoints) on flex in f32: its linear weights and
+//! embedding table stay bf16, read in place, and every product widens them exactly, so the
+//! target value, node scores, edges, heads and logit lens equal those of the same checkpoint
+//! converted to f32 at load.
 #![cfg(feature = "flex")]
 
 mod common;
 
 use std::path::Path;
 
-use attrib::attribution::{attribute_loaded, Objective};
+use attrib::attribution::{attribute_loaded, attribute_loaded_with, Objective, Options};
 use attrib::model::load::SafetensorsSource;
 use attrib::model::{Qwen2Config, Qwen2ForCausalLM};
+use attrib::predict::{ids_tensor, top_k};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
 use common::{fixture, reference};
@@ -36,6 +38,11 @@ fn bf16_linear_weights_read_in_place_give_the_converted_models_numbers() {
         );
         assert_eq!(
             layer.mlp.down_proj.weight.val().dtype(),
+            DType::BF16,
+            "{name}"
+        );
+        assert_eq!(
+            kept.model.embed_tokens.weight.val().dtype(),
             DType::BF16,
             "{name}"
         );
@@ -80,6 +87,54 @@ fn bf16_linear_weights_read_in_place_give_the_converted_models_numbers() {
             for (x, y) in a.heads.iter().zip(&b.heads) {
                 assert!(close(x.score, y.score), "{label} {}", x.id());
             }
+        }
+    }
+}
+
+#[test]
+fn the_lens_of_a_bf16_head_read_in_place_is_the_converted_models() {
+    // The tied fixture's head is its bf16 embedding table, the untied one's a bf16 linear
+    // weight: both are screened as stored, with exact values from their widened rows.
+    let with_lens = Options {
+        lens: true,
+        ..Options::default()
+    };
+    for name in ["tiny-tied", "tiny-untied"] {
+        let kept = load(&fixture(name), true);
+        let converted = load(&fixture(name), false);
+        let head = match &kept.lm_head {
+            Some(head) => head.weight.val(),
+            None => kept.model.embed_tokens.weight.val(),
+        };
+        assert_eq!(head.dtype(), DType::BF16, "{name}");
+        for case in reference(name).cases.iter().take(4) {
+            let label = format!("{name} {:?}", case.prompt);
+            let lens = |model| {
+                attribute_loaded_with(
+                    model,
+                    &case.input_ids,
+                    Objective::default(),
+                    with_lens.clone(),
+                    &mut |_| {},
+                )
+                .unwrap()
+                .lens
+            };
+            let (a, b) = (lens(&kept), lens(&converted));
+            assert_eq!(a.len(), kept.config.num_hidden_layers * 2 + 1, "{label}");
+            assert_eq!(a, b, "{label}");
+            // After the last sublayer: the model's own logits, bit for bit.
+            let logits = kept
+                .forward_last(ids_tensor(&case.input_ids, &Default::default()))
+                .inner()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let top: Vec<(u32, f32)> = top_k(&logits, 5)
+                .into_iter()
+                .map(|(id, l, _)| (id, l))
+                .collect();
+            assert_eq!(a.last().unwrap().top, top, "{label}");
         }
     }
 }

@@ -27,6 +27,20 @@ pub struct Qwen2Model<B: Backend> {
     pub norm: RmsNorm<B>,
 }
 
+impl<B: Backend> Qwen2Model<B> {
+    /// The embeddings of `ids` (`[batch, seq]` → `[batch, seq, hidden]`) in the precision the
+    /// model computes in: on flex a bf16 table read in place stays bf16 (see `load`), and its
+    /// rows are widened here, exactly.
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let x = self.embed_tokens.forward(ids);
+        let dtype = self.norm.weight.val().dtype();
+        match x.dtype() == dtype {
+            true => x,
+            false => x.cast(dtype),
+        }
+    }
+}
+
 /// Qwen2 with its language-model head, ready to run.
 ///
 /// Holds the RoPE tables beside the parameters: they derive from the config and are shared by
@@ -136,7 +150,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         );
 
         let mask = causal_mask::<B>(seq, &device);
-        let mut x = probe.at(Site::Embed, self.model.embed_tokens.forward(ids));
+        let mut x = probe.at(Site::Embed, self.model.embed(ids));
         for (layer, block) in self.model.layers.iter().enumerate() {
             x = block.forward(x, &self.rope, &mask, layer, probe);
         }

@@ -202,13 +202,8 @@ impl<B: Backend> Forward<B> {
             );
             return (Forward::Whole(probe.taps), logits);
         }
-        let embedded = embeds.unwrap_or_else(|| {
-            model
-                .model
-                .embed_tokens
-                .forward(ids_tensor(ids, &device))
-                .inner()
-        });
+        let embedded =
+            embeds.unwrap_or_else(|| model.model.embed(ids_tensor(ids, &device)).inner());
         let inputs = layer_inputs(model, embedded);
         let last =
             Tensor::<Autodiff<B>, 3>::from_inner(inputs[inputs.len() - 1].clone()).require_grad();

@@ -145,14 +145,11 @@ impl<'a, B: Backend> Loader<'a, B> {
         ))
     }
 
-    /// A linear layer's weight: on flex, a bf16 or f16 weight held in place stays in that
-    /// precision when the model computes in f32 or in that same precision (the products widen
-    /// it a block at a time, exactly, see `matmul`); anything else as [`Self::param`].
-    fn linear_weight(
-        &mut self,
-        name: &str,
-        shape: [usize; 2],
-    ) -> Result<Param<Tensor<B, 2>>, ModelError> {
+    /// A linear layer's weight or the embedding table: on flex, a bf16 or f16 tensor held in
+    /// place stays in that precision when the model computes in f32 or in that same precision
+    /// (the products widen it a block at a time, exactly, see `matmul`; the embeddings widen
+    /// the rows they look up); anything else as [`Self::param`].
+    fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Param<Tensor<B, 2>>, ModelError> {
         match self.in_place_half(name, &shape, true) {
             Some(tensor) => Ok(Param::initialized(ParamId::new(), tensor)),
             None => self.param(name, shape),
@@ -196,7 +193,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         d_out: usize,
         bias: bool,
     ) -> Result<Linear<B>, ModelError> {
-        let weight = self.linear_weight(&format!("{prefix}.weight"), [d_out, d_in])?;
+        let weight = self.matrix(&format!("{prefix}.weight"), [d_out, d_in])?;
         let bias = if bias {
             Some(self.vector(&format!("{prefix}.bias"), d_out)?)
         } else {
@@ -213,7 +210,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         dim: usize,
     ) -> Result<Embedding<B>, ModelError> {
         Ok(Embedding {
-            weight: self.param(&format!("{prefix}.weight"), [rows, dim])?,
+            weight: self.matrix(&format!("{prefix}.weight"), [rows, dim])?,
         })
     }
 

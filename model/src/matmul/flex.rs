@@ -9,7 +9,7 @@
 //! the forward pass (every page of every product first touched by one thread).
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
@@ -81,8 +81,21 @@ pub(super) fn rank_rows<B: Backend>(
 ) -> Option<Vec<super::Ranked>> {
     #[cfg(target_arch = "x86_64")]
     {
-        let weight = dense_constant::<B>(&primitive(weight))?;
-        let (w, n, k) = weight_rows(&weight)?;
+        use super::screen::Table;
+        let weight = constant::<B>(&primitive(weight))?;
+        // A bf16 head is screened as it is stored; any other is read as f32.
+        let weight = match weight.dtype() {
+            DType::BF16 => super::flex_half::contiguous(weight),
+            _ => dense(&weight)?,
+        };
+        let (n, k) = match dims(&weight)[..] {
+            [n, k] => (n, k),
+            _ => return None,
+        };
+        let w = match weight.dtype() {
+            DType::BF16 => Table::Bf16(super::flex_half::bits(&weight)),
+            _ => Table::F32(elems(&weight)),
+        };
         let x = dense_constant::<B>(&primitive(x))?;
         let (x, m, kx) = weight_rows(&x)?;
         if kx != k {
@@ -292,7 +305,7 @@ fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
 /// Rows and columns of a 2-D f32 tensor; `None` for any other.
 fn f32_matrix(t: &FlexTensor) -> Option<(usize, usize)> {
     match dims(t)[..] {
-        [rows, cols] if t.dtype() == burn::tensor::DType::F32 => Some((rows, cols)),
+        [rows, cols] if t.dtype() == DType::F32 => Some((rows, cols)),
         _ => None,
     }
 }

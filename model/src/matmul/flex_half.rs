@@ -192,7 +192,7 @@ pub(super) fn widened_tensor<B: Backend>(
 }
 
 /// `t` with its elements in row-major order.
-fn contiguous(t: FlexTensor) -> FlexTensor {
+pub(super) fn contiguous(t: FlexTensor) -> FlexTensor {
     match t.is_contiguous() {
         true => t,
         false => t.to_contiguous(),
@@ -200,7 +200,7 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
 }
 
 /// The bits of a contiguous bf16 or f16 tensor.
-fn bits(t: &FlexTensor) -> &[u16] {
+pub(super) fn bits(t: &FlexTensor) -> &[u16] {
     use half::slice::HalfFloatSliceExt;
     let contiguous = "a contiguous tensor";
     match t.dtype() {

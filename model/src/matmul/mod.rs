@@ -139,8 +139,9 @@ pub struct Ranked {
 
 /// For each row of `x`, its entry of `x · Wᵀ` at column `target`, how many entries exceed
 /// it, and candidates for its `top` highest, each entry as the one-row product computes it,
-/// without writing the `m × n` product. On flex with a CPU that has AVX-512 BF16 (a bf16
-/// screen, exact values where it cannot decide); `None` elsewhere (nothing read back).
+/// without writing the `m × n` product. On flex with a CPU that has AVX-512 BF16, for an f32
+/// `x` and an f32 or bf16 weight (a bf16 screen, exact values where it cannot decide); `None`
+/// elsewhere (nothing read back).
 ///
 /// # Shapes
 /// - `x`: `[m, k]`, `weight`: `[n, k]`

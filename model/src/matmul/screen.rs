@@ -19,6 +19,9 @@
 //! lower bound seen so far also gets its `F`: the five highest are found among exact values.
 //! The results are therefore those of the f32 product, entry for entry.
 //!
+//! A head stored in bf16 (a hub checkpoint read in place) is screened as it is: `δw = 0`, so
+//! the bound narrows, the table streams half the bytes, and the exact values widen its rows.
+//!
 //! Every function here is `unsafe` or checks [`available`] itself.
 #![allow(clippy::needless_range_loop)]
 
@@ -49,6 +52,82 @@ pub fn available() -> bool {
     avx2::available()
         && std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bf16")
+}
+
+/// The rows of `W` (`n × k`, row-major) the screen reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Table<'a> {
+    /// f32 values, rounded to bf16 a block at a time.
+    F32(&'a [f32]),
+    /// bf16 values (their bits), screened as they are and widened for the exact values.
+    Bf16(&'a [u16]),
+}
+
+impl<'a> Table<'a> {
+    /// Values held.
+    fn len(self) -> usize {
+        match self {
+            Self::F32(w) => w.len(),
+            Self::Bf16(w) => w.len(),
+        }
+    }
+
+    /// The address of row `j` of `k` values.
+    fn row_ptr(self, j: usize, k: usize) -> *const u8 {
+        match self {
+            Self::F32(w) => w[j * k..].as_ptr() as *const u8,
+            Self::Bf16(w) => w[j * k..].as_ptr() as *const u8,
+        }
+    }
+
+    /// Bytes per value.
+    fn width(self) -> usize {
+        match self {
+            Self::F32(_) => 4,
+            Self::Bf16(_) => 2,
+        }
+    }
+
+    /// Row `j` in f32: the table's own, or widened into `wide` (`k` floats).
+    fn row<'b>(self, j: usize, k: usize, wide: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            Self::F32(w) => &w[j * k..][..k],
+            Self::Bf16(w) => {
+                for (out, &h) in wide.iter_mut().zip(&w[j * k..][..k]) {
+                    *out = f32::from_bits(u32::from(h) << 16);
+                }
+                wide
+            }
+        }
+    }
+
+    /// Rows `j0 .. j0 + rows` in bf16 into `dst`, with each row's `‖w‖` and `‖w − ŵ‖`.
+    ///
+    /// # Safety
+    /// AVX-512 F and BF16 are present; the rows exist, `dst` holds `rows × k` halves and the
+    /// norms `rows` floats each; `k` is a multiple of 32.
+    unsafe fn screen_rows(
+        self,
+        j0: usize,
+        rows: usize,
+        k: usize,
+        dst: &mut [u16],
+        norms: (&mut [f32], &mut [f32]),
+    ) {
+        match self {
+            Self::F32(w) => {
+                convert_rows(w[j0 * k..].as_ptr(), rows, k, dst.as_mut_ptr(), Some(norms))
+            }
+            Self::Bf16(w) => {
+                dst[..rows * k].copy_from_slice(&w[j0 * k..][..rows * k]);
+                bf16_norms(dst.as_ptr(), rows, k, norms.0);
+                norms.1[..rows].fill(0.0);
+            }
+        }
+    }
 }
 
 /// `γ_n` for f32: the relative error bound of a chain of `n` roundings.
@@ -112,7 +191,7 @@ impl Partial {
 pub fn rank_rows(
     x: &[f32],
     m: usize,
-    w: &[f32],
+    w: Table,
     n: usize,
     k: usize,
     target: usize,
@@ -176,6 +255,7 @@ pub fn rank_rows(
             // Per row of the block, the rows of x whose entries the screen left undecided.
             let mut pending: Vec<Vec<usize>> = vec![Vec::new(); BLOCK];
             let mut values = Vec::with_capacity(m);
+            let mut wide = vec![0f32; k];
             for block in first..last {
                 let j0 = block * BLOCK;
                 let nb = BLOCK.min(n - j0);
@@ -184,25 +264,19 @@ pub fn rank_rows(
                 // `xb`'s `padded` rows and the block's (zero-padded) `BLOCK` rows; the
                 // prefetched lines lie in the rows after the block.
                 unsafe {
-                    convert_rows(
-                        w.as_ptr().add(j0 * k),
-                        nb,
-                        k,
-                        wb.as_mut_ptr(),
-                        Some((&mut wnorm, &mut dnorm)),
-                    );
+                    w.screen_rows(j0, nb, k, &mut wb, (&mut wnorm, &mut dnorm));
                     wb[nb * k..].fill(0);
                     // The next block's rows, fetched from memory while this one is
                     // multiplied: a share of its cache lines before each tile.
-                    let next = w[(j0 + nb) * k..][..BLOCK.min(n - j0 - nb) * k].as_ptr();
-                    let lines = BLOCK.min(n - j0 - nb) * k / 16;
+                    let next = w.row_ptr(j0 + nb, k);
+                    let lines = BLOCK.min(n - j0 - nb) * k * w.width() / 64;
                     let tiles = nb.div_ceil(TILE_TOKENS) * (padded / TILE_ROWS);
                     let per_tile = lines.div_ceil(tiles);
                     let mut fetched = 0;
                     for t0 in (0..nb).step_by(TILE_TOKENS) {
                         for r0 in (0..padded).step_by(TILE_ROWS) {
                             for line in fetched..(fetched + per_tile).min(lines) {
-                                _mm_prefetch::<_MM_HINT_T1>(next.add(line * 16) as *const i8);
+                                _mm_prefetch::<_MM_HINT_T1>(next.add(line * 64) as *const i8);
                             }
                             fetched += per_tile;
                             tile(
@@ -234,8 +308,12 @@ pub fn rank_rows(
                     let xs: Vec<*const f32> =
                         rows_of.iter().map(|&r| x[r * k..].as_ptr()).collect();
                     values.resize(xs.len(), 0.0);
+                    if xs.is_empty() {
+                        continue;
+                    }
+                    let row = w.row(j0 + t, k, &mut wide);
                     // SAFETY: `available()` implies AVX2 and FMA; each row holds `k` floats.
-                    unsafe { avx2::dots(&xs, w[(j0 + t) * k..].as_ptr(), k, &mut values) };
+                    unsafe { avx2::dots(&xs, row.as_ptr(), k, &mut values) };
                     for (&r, &v) in rows_of.iter().zip(&values) {
                         out[r].above += usize::from(v > rows[r].target);
                     }
@@ -281,11 +359,13 @@ pub fn rank_rows(
 }
 
 /// The f32 entry `x[r] · w[j]`, as the model's one-row head computes it.
-fn exact(x: &[f32], w: &[f32], k: usize, r: usize, j: usize) -> f32 {
+fn exact(x: &[f32], w: Table, k: usize, r: usize, j: usize) -> f32 {
     let mut y = [0f32];
+    let mut wide = vec![0f32; k];
+    let row = w.row(j, k, &mut wide);
     // SAFETY: `available()` was checked by the caller (it implies AVX2 and FMA); row `r` of
     // `x` and row `j` of `w` hold `k` floats each.
-    unsafe { avx2::dots(&[x[r * k..].as_ptr()], w[j * k..].as_ptr(), k, &mut y) };
+    unsafe { avx2::dots(&[x[r * k..].as_ptr()], row.as_ptr(), k, &mut y) };
     y[0]
 }
 
@@ -431,6 +511,23 @@ unsafe fn convert_rows(
     }
 }
 
+/// Each of `rows` rows of bf16 values' `‖w‖` (`k` a multiple of 32), into `norms`.
+///
+/// # Safety
+/// AVX-512 F is present; `src` holds `rows × k` halves and `norms` `rows` floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn bf16_norms(src: *const u16, rows: usize, k: usize, norms: &mut [f32]) {
+    for t in 0..rows {
+        let mut sum = _mm512_setzero_ps();
+        for c in (0..k).step_by(16) {
+            let h = _mm256_loadu_si256(src.add(t * k + c) as *const __m256i);
+            let v = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+            sum = _mm512_fmadd_ps(v, v, sum);
+        }
+        norms[t] = _mm512_reduce_add_ps(sum).sqrt();
+    }
+}
+
 /// `y[r·ys + t] = Σ_p x̂[r][p] · ŵ[t][p]` for `r < 3`, `t < 6`, in bf16 with f32 sums.
 ///
 /// The loop is written out: the compiler's own allocation of the 18 accumulators moved
@@ -538,7 +635,7 @@ mod tests {
     fn brute(
         x: &[f32],
         m: usize,
-        w: &[f32],
+        w: Table,
         n: usize,
         k: usize,
         target: usize,
@@ -556,9 +653,23 @@ mod tests {
             .collect()
     }
 
+    /// The screen's results equal brute force, for `w` in f32 and for `w` rounded to bf16
+    /// and screened as stored.
+    fn check(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, target: usize) {
+        check_table(x, m, Table::F32(w), n, k, target);
+        let halves: Vec<u16> = w
+            .iter()
+            .map(|v| {
+                let bits = v.to_bits();
+                ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+            })
+            .collect();
+        check_table(x, m, Table::Bf16(&halves), n, k, target);
+    }
+
     /// The screen's results equal brute force: the target's entry, the count above it, and
     /// the five highest entries found among the candidates.
-    fn check(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, target: usize) {
+    fn check_table(x: &[f32], m: usize, w: Table, n: usize, k: usize, target: usize) {
         let ranked = rank_rows(x, m, w, n, k, target, 5).expect("AVX-512 BF16");
         let expected = brute(x, m, w, n, k, target);
         for (r, (got, (t, above, top))) in ranked.iter().zip(expected).enumerate() {
