@@ -5,6 +5,10 @@
 //! Register tiles are fixed at compile time (const generics) so the accumulators stay in the
 //! sixteen `ymm` registers.
 //!
+//! `W` may be f32 or bf16 ([`Weight`]): bf16 rows are widened in registers as they are read,
+//! exactly, and summed in the same order, so a bf16 weight gives the bits its f32 conversion
+//! would, from half the bytes.
+//!
 //! Every function here is `unsafe`: callers check that the CPU has AVX2 and FMA
 //! ([`available`]) and that every pointer covers the rows and columns it is given.
 #![allow(clippy::needless_range_loop)]
@@ -24,21 +28,62 @@ pub(super) unsafe fn lane_sum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_hadd_ps(s, s))
 }
 
+/// A weight element the kernels read: f32, or bf16 widened (exactly) on load.
+pub trait Weight: Copy + Send + Sync {
+    /// The eight values at `p`, as f32.
+    ///
+    /// # Safety
+    /// AVX2 is present; `p` holds eight values.
+    unsafe fn load8(p: *const Self) -> __m256;
+
+    /// The value at `p`, as f32.
+    ///
+    /// # Safety
+    /// `p` holds a value.
+    unsafe fn get(p: *const Self) -> f32;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+
+    #[inline(always)]
+    unsafe fn get(p: *const f32) -> f32 {
+        *p
+    }
+}
+
+impl Weight for half::bf16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const half::bf16) -> __m256 {
+        // The 16 bits become the high half of each f32.
+        let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+    }
+
+    #[inline(always)]
+    unsafe fn get(p: *const half::bf16) -> f32 {
+        (*p).to_f32()
+    }
+}
+
 /// `w[c·k + p .. c·k + p + 8]` for `c < NR`: eight columns of `NR` weight rows.
 #[inline(always)]
-unsafe fn load_rows<const NR: usize>(w: *const f32, k: usize, p: usize) -> [__m256; NR] {
+unsafe fn load_rows<W: Weight, const NR: usize>(w: *const W, k: usize, p: usize) -> [__m256; NR] {
     let mut rows = [_mm256_setzero_ps(); NR];
     for c in 0..NR {
-        rows[c] = _mm256_loadu_ps(w.add(c * k + p));
+        rows[c] = W::load8(w.add(c * k + p));
     }
     rows
 }
 
 /// `y[a·ys + c] = Σ_p x[a·k + p] · w[c·k + p]` for `a < MR`, `c < NR`.
 #[inline(always)]
-unsafe fn dot_tile<const MR: usize, const NR: usize>(
+unsafe fn dot_tile<W: Weight, const MR: usize, const NR: usize>(
     x: *const f32,
-    w: *const f32,
+    w: *const W,
     k: usize,
     y: *mut f32,
     ys: usize,
@@ -47,7 +92,7 @@ unsafe fn dot_tile<const MR: usize, const NR: usize>(
     let mut acc = [[_mm256_setzero_ps(); NR]; MR];
     let mut p = 0;
     while p < k8 {
-        let wv = load_rows::<NR>(w, k, p);
+        let wv = load_rows::<W, NR>(w, k, p);
         for a in 0..MR {
             let xv = _mm256_loadu_ps(x.add(a * k + p));
             for c in 0..NR {
@@ -60,7 +105,7 @@ unsafe fn dot_tile<const MR: usize, const NR: usize>(
         for c in 0..NR {
             let mut s = lane_sum(acc[a][c]);
             for q in k8..k {
-                s += *x.add(a * k + q) * *w.add(c * k + q);
+                s += *x.add(a * k + q) * W::get(w.add(c * k + q));
             }
             *y.add(a * ys + c) = s;
         }
@@ -69,10 +114,10 @@ unsafe fn dot_tile<const MR: usize, const NR: usize>(
 
 /// [`dot_tile`] over all `m` rows of `x` for `NR` rows of `w`, three rows of `x` at a time.
 #[inline(always)]
-unsafe fn dot_rows<const NR: usize>(
+unsafe fn dot_rows<W: Weight, const NR: usize>(
     x: *const f32,
     m: usize,
-    w: *const f32,
+    w: *const W,
     k: usize,
     y: *mut f32,
     ys: usize,
@@ -80,9 +125,9 @@ unsafe fn dot_rows<const NR: usize>(
     let mut a = 0;
     while a < m {
         match m - a {
-            1 => dot_tile::<1, NR>(x.add(a * k), w, k, y.add(a * ys), ys),
-            2 => dot_tile::<2, NR>(x.add(a * k), w, k, y.add(a * ys), ys),
-            _ => dot_tile::<3, NR>(x.add(a * k), w, k, y.add(a * ys), ys),
+            1 => dot_tile::<W, 1, NR>(x.add(a * k), w, k, y.add(a * ys), ys),
+            2 => dot_tile::<W, 2, NR>(x.add(a * k), w, k, y.add(a * ys), ys),
+            _ => dot_tile::<W, 3, NR>(x.add(a * k), w, k, y.add(a * ys), ys),
         }
         a += (m - a).min(3);
     }
@@ -91,13 +136,13 @@ unsafe fn dot_rows<const NR: usize>(
 /// `y[a·ys + c] = Σ_p x[a·k + p] · w[c·k + p]` for `a < m`, `c < n`: a block of `x · Wᵀ`.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `x` holds `m·k`, `w` holds `n·k` floats, and `y` is writable at
-/// `a·ys + c` for every `a < m`, `c < n`.
+/// AVX2 and FMA are present; `x` holds `m·k` floats, `w` holds `n·k` values, and `y` is
+/// writable at `a·ys + c` for every `a < m`, `c < n`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn x_wt(
+pub unsafe fn x_wt<W: Weight>(
     x: *const f32,
     m: usize,
-    w: *const f32,
+    w: *const W,
     n: usize,
     k: usize,
     y: *mut f32,
@@ -106,9 +151,9 @@ pub unsafe fn x_wt(
     let mut c = 0;
     while c < n {
         match n - c {
-            1 => dot_rows::<1>(x, m, w.add(c * k), k, y.add(c), ys),
-            2 => dot_rows::<2>(x, m, w.add(c * k), k, y.add(c), ys),
-            _ => dot_rows::<3>(x, m, w.add(c * k), k, y.add(c), ys),
+            1 => dot_rows::<W, 1>(x, m, w.add(c * k), k, y.add(c), ys),
+            2 => dot_rows::<W, 2>(x, m, w.add(c * k), k, y.add(c), ys),
+            _ => dot_rows::<W, 3>(x, m, w.add(c * k), k, y.add(c), ys),
         }
         c += (n - c).min(3);
     }
@@ -156,10 +201,10 @@ unsafe fn dots_n<const N: usize>(xs: &[*const f32], w: *const f32, k: usize, y: 
 
 /// `gx[a·k + p] += Σ_c g[a·gs + c] · w[c·k + p]` for `a < MR`, `c < NR`.
 #[inline(always)]
-unsafe fn axpy_tile<const MR: usize, const NR: usize>(
+unsafe fn axpy_tile<W: Weight, const MR: usize, const NR: usize>(
     g: *const f32,
     gs: usize,
-    w: *const f32,
+    w: *const W,
     k: usize,
     gx: *mut f32,
 ) {
@@ -172,7 +217,7 @@ unsafe fn axpy_tile<const MR: usize, const NR: usize>(
     }
     let mut p = 0;
     while p < k8 {
-        let wv = load_rows::<NR>(w, k, p);
+        let wv = load_rows::<W, NR>(w, k, p);
         for a in 0..MR {
             let out = gx.add(a * k + p);
             let mut acc = _mm256_loadu_ps(out);
@@ -186,7 +231,7 @@ unsafe fn axpy_tile<const MR: usize, const NR: usize>(
     for q in k8..k {
         for a in 0..MR {
             for c in 0..NR {
-                *gx.add(a * k + q) += *g.add(a * gs + c) * *w.add(c * k + q);
+                *gx.add(a * k + q) += *g.add(a * gs + c) * W::get(w.add(c * k + q));
             }
         }
     }
@@ -194,19 +239,19 @@ unsafe fn axpy_tile<const MR: usize, const NR: usize>(
 
 /// [`axpy_tile`] over all `m` rows of `g` for `NR` rows of `w`, two rows of `g` at a time.
 #[inline(always)]
-unsafe fn axpy_rows<const NR: usize>(
+unsafe fn axpy_rows<W: Weight, const NR: usize>(
     g: *const f32,
     gs: usize,
     m: usize,
-    w: *const f32,
+    w: *const W,
     k: usize,
     gx: *mut f32,
 ) {
     let mut a = 0;
     while a < m {
         match m - a {
-            1 => axpy_tile::<1, NR>(g.add(a * gs), gs, w, k, gx.add(a * k)),
-            _ => axpy_tile::<2, NR>(g.add(a * gs), gs, w, k, gx.add(a * k)),
+            1 => axpy_tile::<W, 1, NR>(g.add(a * gs), gs, w, k, gx.add(a * k)),
+            _ => axpy_tile::<W, 2, NR>(g.add(a * gs), gs, w, k, gx.add(a * k)),
         }
         a += (m - a).min(2);
     }
@@ -217,13 +262,13 @@ unsafe fn axpy_rows<const NR: usize>(
 ///
 /// # Safety
 /// AVX2 and FMA are present; `g` is readable at `a·gs + c` for every `a < m`, `c < n`; `w`
-/// holds `n·k` floats and `gx` holds `m·k`.
+/// holds `n·k` values and `gx` holds `m·k` floats.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn g_w(
+pub unsafe fn g_w<W: Weight>(
     g: *const f32,
     gs: usize,
     m: usize,
-    w: *const f32,
+    w: *const W,
     n: usize,
     k: usize,
     gx: *mut f32,
@@ -238,10 +283,10 @@ pub unsafe fn g_w(
             continue;
         }
         match n - c {
-            1 => axpy_rows::<1>(g.add(c), gs, m, w.add(c * k), k, gx),
-            2 => axpy_rows::<2>(g.add(c), gs, m, w.add(c * k), k, gx),
-            3 => axpy_rows::<3>(g.add(c), gs, m, w.add(c * k), k, gx),
-            _ => axpy_rows::<4>(g.add(c), gs, m, w.add(c * k), k, gx),
+            1 => axpy_rows::<W, 1>(g.add(c), gs, m, w.add(c * k), k, gx),
+            2 => axpy_rows::<W, 2>(g.add(c), gs, m, w.add(c * k), k, gx),
+            3 => axpy_rows::<W, 3>(g.add(c), gs, m, w.add(c * k), k, gx),
+            _ => axpy_rows::<W, 4>(g.add(c), gs, m, w.add(c * k), k, gx),
         }
         c += rows;
     }

@@ -220,28 +220,60 @@ pub(super) fn product(
     k: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    // The blocked kernels add to y: without a bias to write first, zeros written.
+    if let Some(y) = streamed_product(x, m, w, n, k, bias) {
+        return y;
+    }
+    // The blocked kernels and gemm add to what is there: the bias, or zeros (written: the
+    // blocked kernels' pages are touched first here, not by them).
     let mut y = if bias.is_none() && blocks(m) {
         written_zeros(m * n)
     } else {
         vec![0f32; m * n]
     };
-    if stream_x_wt(x, m, w, n, k, &mut y) {
-        if let Some(b) = bias {
-            y.par_chunks_mut(n)
-                .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
-        }
-    } else {
-        // The blocked kernels and gemm add to what is there: the bias, or zeros.
-        if let Some(b) = bias {
-            y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
-        }
-        if !blocked_x_wt(x, m, w, n, k, &mut y) {
-            // y = b + x · Wᵀ, Wᵀ read through its strides.
-            gemm_into(&mut y, bias.is_some(), x, w, (m, n, k), (1, k));
-        }
+    if let Some(b) = bias {
+        y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
+    }
+    if !blocked_x_wt(x, m, w, n, k, &mut y) {
+        // y = b + x · Wᵀ, Wᵀ read through its strides.
+        gemm_into(&mut y, bias.is_some(), x, w, (m, n, k), (1, k));
     }
     y
+}
+
+/// [`product`] by the streaming kernels when [`streams`]`(m)`, from f32 or bf16 weights (the
+/// same bits from either); `None` otherwise.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn streamed_product<W: avx2::Weight>(
+    x: &[f32],
+    m: usize,
+    w: &[W],
+    n: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+) -> Option<Vec<f32>> {
+    if !streams(m) {
+        return None;
+    }
+    let mut y = vec![0f32; m * n];
+    stream_x_wt(x, m, w, n, k, &mut y);
+    if let Some(b) = bias {
+        y.par_chunks_mut(n)
+            .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+    }
+    Some(y)
+}
+
+/// Without the kernels, nothing streams.
+#[cfg(not(target_arch = "x86_64"))]
+fn streamed_product(
+    _: &[f32],
+    _: usize,
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: Option<&[f32]>,
+) -> Option<Vec<f32>> {
+    None
 }
 
 /// `∂x = g · W` (`g` is `m × n`, `w` is `n × k`): the backward step of [`product`].
@@ -310,62 +342,42 @@ fn f32_matrix(t: &FlexTensor) -> Option<(usize, usize)> {
     }
 }
 
-/// `y = x · Wᵀ` with the streaming kernels when [`streams`]`(m)`; `x` is `m × k`, `w` is
-/// `n × k`, `y` is `m × n`. Whether it did.
+/// `y = x · Wᵀ` with the streaming kernels (the caller checked [`streams`]`(m)`); `x` is
+/// `m × k`, `w` is `n × k`, `y` is `m × n`.
 #[cfg(target_arch = "x86_64")]
-fn stream_x_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, y: &mut [f32]) -> bool {
-    if !streams(m) {
-        return false;
-    }
+fn stream_x_wt<W: avx2::Weight>(x: &[f32], m: usize, w: &[W], n: usize, k: usize, y: &mut [f32]) {
+    assert!(streams(m) && x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
     let out = SendPtr(y.as_mut_ptr());
     par_ranges(n, ROWS_PER_TASK, |c0, rows| {
         // SAFETY: `streams(m)` checked `available()`; `x` is `m × k`, `w[c0·k..]` holds
         // `rows × k`, and each task writes only its own columns `c0..c0 + rows` of `y`.
-        unsafe {
-            avx2::x_wt(
-                x.as_ptr(),
-                m,
-                w.as_ptr().add(c0 * k),
-                rows,
-                k,
-                out.at(c0),
-                n,
-            )
-        }
+        unsafe { avx2::x_wt(x.as_ptr(), m, w[c0 * k..].as_ptr(), rows, k, out.at(c0), n) }
     });
-    true
 }
 
-/// `g · W` with the streaming kernels when [`streams`]`(m)`; `g` is `m × n`, `w` is `n × k`.
+/// `g · W` with the streaming kernels when [`streams`]`(m)`; `g` is `m × n`, `w` is `n × k`
+/// (f32 or bf16, the same bits from either).
 #[cfg(target_arch = "x86_64")]
-fn stream_g_w(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<f32>> {
+pub(super) fn stream_g_w<W: avx2::Weight>(
+    g: &[f32],
+    m: usize,
+    w: &[W],
+    n: usize,
+    k: usize,
+) -> Option<Vec<f32>> {
     if !streams(m) {
         return None;
     }
+    assert!(g.len() >= m * n && w.len() >= n * k);
     // One range of W's rows per thread; every range starts inside W.
     let per = n.div_ceil(rayon::current_num_threads().max(1));
     let gx = par_range_sums(n, per, m * k, |c0, rows, gx| {
         // SAFETY: `streams(m)` checked `available()`; `g` is `m × n` (row stride n),
         // `w[c0·k..]` holds `rows × k`, and `gx` is this task's own `m × k`.
-        unsafe {
-            avx2::g_w(
-                g.as_ptr().add(c0),
-                n,
-                m,
-                w.as_ptr().add(c0 * k),
-                rows,
-                k,
-                gx.as_mut_ptr(),
-            );
-        }
+        let wc = w[c0 * k..].as_ptr();
+        unsafe { avx2::g_w(g.as_ptr().add(c0), n, m, wc, rows, k, gx.as_mut_ptr()) }
     });
     Some(gx)
-}
-
-/// Without the kernels, nothing streams.
-#[cfg(not(target_arch = "x86_64"))]
-fn stream_x_wt(_: &[f32], _: usize, _: &[f32], _: usize, _: usize, _: &mut [f32]) -> bool {
-    false
 }
 
 /// Without the kernels, nothing streams.

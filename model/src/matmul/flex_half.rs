@@ -75,6 +75,41 @@ impl XWtHalf {
         widen_into(bits, self.dtype, out);
     }
 
+    /// The weight as bf16 values, when it is bf16 and the streaming kernels, which read it as
+    /// it is, take `m` rows (x86-64 with AVX2 and FMA, `m` up to `MAX_FEW_ROWS`).
+    #[cfg(target_arch = "x86_64")]
+    fn bf16_rows(&self, m: usize) -> Option<&[half::bf16]> {
+        (super::flex::streams(m) && self.dtype == DType::BF16).then(|| {
+            self.weight
+                .as_slice::<half::bf16>()
+                .expect("a contiguous tensor")
+        })
+    }
+
+    /// The product straight from a bf16 weight by the streaming kernels, without a widened
+    /// copy: half the bytes an f32 weight streams, the same bits; `None` where they do not
+    /// apply.
+    fn streamed(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Option<Vec<f32>> {
+        let (n, k) = self.shape();
+        #[cfg(target_arch = "x86_64")]
+        if let Some(w) = self.bf16_rows(m) {
+            return super::flex::streamed_product(x, m, w, n, k, bias);
+        }
+        let _ = (x, bias, n, k);
+        None
+    }
+
+    /// The input gradient as [`Self::streamed`] computes the product.
+    fn streamed_grad(&self, g: &[f32], m: usize) -> Option<Vec<f32>> {
+        let (n, k) = self.shape();
+        #[cfg(target_arch = "x86_64")]
+        if let Some(w) = self.bf16_rows(m) {
+            return super::flex::stream_g_w(g, m, w, n, k);
+        }
+        let _ = (g, n, k);
+        None
+    }
+
     /// Weight rows per block for a product with `m` rows: blocks of [`BLOCK_VALUES`] for the
     /// kernels that stream the weight, up to [`GEMM_BLOCK_VALUES`] for gemm, which packs its
     /// operands anew for every call.
@@ -108,6 +143,9 @@ impl FlexOp<1> for XWtHalf {
         }
         let x = widened(x);
         let bias = self.bias.as_ref().map(widened);
+        if let Some(y) = self.streamed(&x, m, bias.as_deref()) {
+            return Some((in_precision(y, out, &[m, n]), ()));
+        }
         let per = self.block_rows(m);
         // Taken, not borrowed: a product that waits on rayon may run another one meanwhile on
         // this thread, which then widens into a buffer of its own.
@@ -137,6 +175,9 @@ impl FlexOp<1> for XWtHalf {
         let (n, k) = self.shape();
         let m = dims(grad)[0];
         let g = widened(grad);
+        if let Some(gx) = self.streamed_grad(&g, m) {
+            return [Some(in_precision(gx, grad.dtype(), &[m, k]))];
+        }
         let per = self.block_rows(m);
         let mut block = BLOCK.take();
         if per >= n {
@@ -376,6 +417,44 @@ mod tests {
                 }
                 let gx = host::<Flex, 2>(gx);
                 assert_close(&gx, &want, &scale, 2.0 * unit, &format!("{label} gradient"));
+            }
+        }
+    }
+
+    /// A model computing in f32 with a bf16 weight: for the rows the streaming kernels take,
+    /// the product and its input gradient read the weight as it is and give the bits of the
+    /// same product with the weight converted to f32, with and without a tail of columns
+    /// (`k` not a multiple of 8) and over a weight larger than one widened block.
+    #[test]
+    fn bf16_weights_streamed_give_the_bits_of_their_f32_conversion() {
+        type B = Autodiff<Flex>;
+        let device = Default::default();
+        let n = 40;
+        for k in [64, 61] {
+            let (w, held) = half::<B, 2>(&values(n * k, 5), [n, k], DType::BF16);
+            let wide: Vec<f32> = held.iter().map(|&v| v as f32).collect();
+            let wide = Tensor::<B, 2>::from_data(TensorData::new(wide, [n, k]), &device);
+            let bias = Tensor::<B, 1>::from_data(TensorData::new(values(n, 6), [n]), &device);
+            for m in 1..=super::super::MAX_FEW_ROWS {
+                let label = format!("m = {m}, k = {k}");
+                let x = Tensor::<B, 2>::from_data(
+                    TensorData::new(values(m * k, 7 + m as u64), [m, k]),
+                    &device,
+                );
+                let c =
+                    Tensor::<B, 2>::from_data(TensorData::new(values(m * n, 8), [m, n]), &device);
+                let run = |weight: Tensor<B, 2>| {
+                    let x = x.clone().require_grad();
+                    let y = super::super::try_linear(x.clone(), weight, Some(bias.clone()))
+                        .unwrap_or_else(|_| panic!("{label}: declined"));
+                    let grads = (y.clone() * c.clone()).sum().backward();
+                    let gx = x.grad(&grads).expect("x's gradient");
+                    (host(y), host::<Flex, 2>(gx))
+                };
+                let (y, gx) = run(w.clone());
+                let (y32, gx32) = run(wide.clone());
+                assert_eq!(y, y32, "{label}");
+                assert_eq!(gx, gx32, "{label} gradient");
             }
         }
     }

@@ -4,7 +4,7 @@
 //! (its backward step gives the input gradient `g · W`; weights and biases get none). On
 //! x86-64 CPUs with AVX2 and FMA:
 //! - 1 ..= [`MAX_FEW_ROWS`] rows: [`avx2`]'s streaming kernels, which read each weight once
-//!   and keep the few rows in registers and L1. Their input gradient skips the rows of `W`
+//!   (f32, or bf16 as a checkpoint stores it) and keep the few rows in registers and L1. Their input gradient skips the rows of `W`
 //!   whose coefficients are all zero: the LM head at the target position (one row) under a
 //!   logit target gets a one-hot gradient, so its backward step reads one row of the table
 //!   instead of all of it.
