@@ -41,6 +41,12 @@ pub trait Weight: Copy + Send + Sync {
     /// # Safety
     /// `p` holds a value.
     unsafe fn get(p: *const Self) -> f32;
+
+    /// The value at `p`, as f32, in all eight lanes.
+    ///
+    /// # Safety
+    /// AVX2 is present; `p` holds a value.
+    unsafe fn broadcast(p: *const Self) -> __m256;
 }
 
 impl Weight for f32 {
@@ -52,6 +58,11 @@ impl Weight for f32 {
     #[inline(always)]
     unsafe fn get(p: *const f32) -> f32 {
         *p
+    }
+
+    #[inline(always)]
+    unsafe fn broadcast(p: *const f32) -> __m256 {
+        _mm256_broadcast_ss(&*p)
     }
 }
 
@@ -65,7 +76,12 @@ impl Weight for half::bf16 {
 
     #[inline(always)]
     unsafe fn get(p: *const half::bf16) -> f32 {
-        (*p).to_f32()
+        f32::from_bits(u32::from((*p).to_bits()) << 16)
+    }
+
+    #[inline(always)]
+    unsafe fn broadcast(p: *const half::bf16) -> __m256 {
+        _mm256_set1_ps(Self::get(p))
     }
 }
 

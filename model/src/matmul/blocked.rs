@@ -15,12 +15,17 @@
 //!   KiB, in L1) for the others, and prefetches the strip after next (without both, about 20%
 //!   slower at 64 rows).
 //!
+//! `W` may be f32 or bf16 ([`Weight`]), widened exactly as it is read: the same sums in the
+//! same order, so a bf16 weight gives the bits of its f32 conversion.
+//!
 //! The kernels are `unsafe`: callers check that the CPU has AVX2 and FMA and that every
 //! pointer covers the rows and columns it is given.
 #![allow(clippy::needless_range_loop)]
 
 use rayon::prelude::*;
 use std::arch::x86_64::*;
+
+use super::avx2::Weight;
 
 /// Rows of `x` per panel in `x · Wᵀ` (two vectors).
 pub const PANEL: usize = 16;
@@ -67,9 +72,9 @@ pub fn depth(m: usize, k: usize) -> usize {
 
 /// `y[r·ys + c] += Σ_{p < kc} xp[p].0[r] · w[c·ws + p]` for `r < rows`, `c < NR`.
 #[inline(always)]
-unsafe fn x_wt_tile<const NR: usize>(
+unsafe fn x_wt_tile<W: Weight, const NR: usize>(
     xp: *const Line,
-    w: *const f32,
+    w: *const W,
     ws: usize,
     kc: usize,
     y: *mut f32,
@@ -82,7 +87,7 @@ unsafe fn x_wt_tile<const NR: usize>(
         let a0 = _mm256_load_ps(x.add(p * PANEL));
         let a1 = _mm256_load_ps(x.add(p * PANEL + 8));
         for c in 0..NR {
-            let b = _mm256_broadcast_ss(&*w.add(c * ws + p));
+            let b = W::broadcast(w.add(c * ws + p));
             acc[c][0] = _mm256_fmadd_ps(a0, b, acc[c][0]);
             acc[c][1] = _mm256_fmadd_ps(a1, b, acc[c][1]);
         }
@@ -101,13 +106,13 @@ unsafe fn x_wt_tile<const NR: usize>(
 /// against all of `x`, given as [`panels`] of `k` lines each.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `xp` holds `⌈m/16⌉·k` lines, `w` holds `n·k` floats, and `y`
+/// AVX2 and FMA are present; `xp` holds `⌈m/16⌉·k` lines, `w` holds `n·k` values, and `y`
 /// is writable at `r·ys + c` for every `r < m`, `c < n`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn x_wt(
+pub unsafe fn x_wt<W: Weight>(
     xp: *const Line,
     m: usize,
-    w: *const f32,
+    w: *const W,
     n: usize,
     k: usize,
     y: *mut f32,
@@ -126,12 +131,12 @@ pub unsafe fn x_wt(
                 let yr = y.add(r * ys + c);
                 let rows = PANEL.min(m - r);
                 match n - c {
-                    1 => x_wt_tile::<1>(xr, wc, k, kk, yr, ys, rows),
-                    2 => x_wt_tile::<2>(xr, wc, k, kk, yr, ys, rows),
-                    3 => x_wt_tile::<3>(xr, wc, k, kk, yr, ys, rows),
-                    4 => x_wt_tile::<4>(xr, wc, k, kk, yr, ys, rows),
-                    5 => x_wt_tile::<5>(xr, wc, k, kk, yr, ys, rows),
-                    _ => x_wt_tile::<W_ROWS>(xr, wc, k, kk, yr, ys, rows),
+                    1 => x_wt_tile::<W, 1>(xr, wc, k, kk, yr, ys, rows),
+                    2 => x_wt_tile::<W, 2>(xr, wc, k, kk, yr, ys, rows),
+                    3 => x_wt_tile::<W, 3>(xr, wc, k, kk, yr, ys, rows),
+                    4 => x_wt_tile::<W, 4>(xr, wc, k, kk, yr, ys, rows),
+                    5 => x_wt_tile::<W, 5>(xr, wc, k, kk, yr, ys, rows),
+                    _ => x_wt_tile::<W, W_ROWS>(xr, wc, k, kk, yr, ys, rows),
                 }
                 r += PANEL;
             }
@@ -145,10 +150,10 @@ pub unsafe fn x_wt(
 /// strip is `w[p·k + j]` and, with `FIRST`, is read from `w`, copied to `packed` and the
 /// strip after next prefetched; without it, read from `packed`.
 #[inline(always)]
-unsafe fn g_w_tile<const MR: usize, const FIRST: bool>(
+unsafe fn g_w_tile<W: Weight, const MR: usize, const FIRST: bool>(
     g: *const f32,
     gs: usize,
-    w: *const f32,
+    w: *const W,
     k: usize,
     packed: *mut Line,
     pc: usize,
@@ -161,7 +166,7 @@ unsafe fn g_w_tile<const MR: usize, const FIRST: bool>(
         let (w0, w1) = if FIRST {
             let row = w.add(p * k);
             _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(2 * STRIP) as *const i8);
-            let (w0, w1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+            let (w0, w1) = (W::load8(row), W::load8(row.add(8)));
             _mm256_store_ps(line, w0);
             _mm256_store_ps(line.add(8), w1);
             (w0, w1)
@@ -186,10 +191,10 @@ unsafe fn g_w_tile<const MR: usize, const FIRST: bool>(
 /// `W` (rows `k` floats apart, which share few cache sets) and packs it into `packed`, where
 /// the others find it on consecutive lines.
 #[inline(always)]
-unsafe fn g_w_strip(
+unsafe fn g_w_strip<W: Weight>(
     (g, gs): (*const f32, usize),
     m: usize,
-    w: *const f32,
+    w: *const W,
     k: usize,
     pc: usize,
     gx: *mut f32,
@@ -202,12 +207,12 @@ unsafe fn g_w_strip(
         macro_rules! tile {
             ($first:literal) => {
                 match rows {
-                    1 => g_w_tile::<1, $first>(ga, gs, w, k, packed, pc, gxa),
-                    2 => g_w_tile::<2, $first>(ga, gs, w, k, packed, pc, gxa),
-                    3 => g_w_tile::<3, $first>(ga, gs, w, k, packed, pc, gxa),
-                    4 => g_w_tile::<4, $first>(ga, gs, w, k, packed, pc, gxa),
-                    5 => g_w_tile::<5, $first>(ga, gs, w, k, packed, pc, gxa),
-                    _ => g_w_tile::<G_ROWS, $first>(ga, gs, w, k, packed, pc, gxa),
+                    1 => g_w_tile::<W, 1, $first>(ga, gs, w, k, packed, pc, gxa),
+                    2 => g_w_tile::<W, 2, $first>(ga, gs, w, k, packed, pc, gxa),
+                    3 => g_w_tile::<W, 3, $first>(ga, gs, w, k, packed, pc, gxa),
+                    4 => g_w_tile::<W, 4, $first>(ga, gs, w, k, packed, pc, gxa),
+                    5 => g_w_tile::<W, 5, $first>(ga, gs, w, k, packed, pc, gxa),
+                    _ => g_w_tile::<W, G_ROWS, $first>(ga, gs, w, k, packed, pc, gxa),
                 }
             };
         }
@@ -224,13 +229,13 @@ unsafe fn g_w_strip(
 /// `j0 ≤ j < j1` of `g · W`.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `g` holds `m·n` floats, `w` holds `n·k`, `gx` holds `m·k`, and
-/// `j0 ≤ j1 ≤ k`.
+/// AVX2 and FMA are present; `g` holds `m·n` floats, `w` holds `n·k` values, `gx` holds
+/// `m·k` floats, and `j0 ≤ j1 ≤ k`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn g_w(
+pub unsafe fn g_w<W: Weight>(
     g: *const f32,
     m: usize,
-    w: *const f32,
+    w: *const W,
     n: usize,
     k: usize,
     (j0, j1): (usize, usize),
@@ -251,7 +256,7 @@ pub unsafe fn g_w(
             for p in 0..pc {
                 let coef = *gp.add(a * n + p);
                 for q in full..j1 {
-                    *gx.add(a * k + q) += coef * *wp.add(p * k + q);
+                    *gx.add(a * k + q) += coef * W::get(wp.add(p * k + q));
                 }
             }
         }

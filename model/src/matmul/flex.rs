@@ -220,30 +220,21 @@ pub(super) fn product(
     k: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    if let Some(y) = streamed_product(x, m, w, n, k, bias) {
-        return y;
-    }
-    // The blocked kernels and gemm add to what is there: the bias, or zeros (written: the
-    // blocked kernels' pages are touched first here, not by them).
-    let mut y = if bias.is_none() && blocks(m) {
-        written_zeros(m * n)
-    } else {
-        vec![0f32; m * n]
-    };
-    if let Some(b) = bias {
-        y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
-    }
-    if !blocked_x_wt(x, m, w, n, k, &mut y) {
+    few_rows_product(x, m, w, n, k, bias).unwrap_or_else(|| {
         // y = b + x · Wᵀ, Wᵀ read through its strides.
+        let mut y = vec![0f32; m * n];
+        if let Some(b) = bias {
+            y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
+        }
         gemm_into(&mut y, bias.is_some(), x, w, (m, n, k), (1, k));
-    }
-    y
+        y
+    })
 }
 
-/// [`product`] by the streaming kernels when [`streams`]`(m)`, from f32 or bf16 weights (the
-/// same bits from either); `None` otherwise.
+/// [`product`] by the streaming kernels when [`streams`]`(m)` and by the blocked ones when
+/// [`blocks`]`(m)`, from f32 or bf16 weights (the same bits from either); `None` otherwise.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn streamed_product<W: avx2::Weight>(
+pub(super) fn few_rows_product<W: avx2::Weight>(
     x: &[f32],
     m: usize,
     w: &[W],
@@ -251,21 +242,36 @@ pub(super) fn streamed_product<W: avx2::Weight>(
     k: usize,
     bias: Option<&[f32]>,
 ) -> Option<Vec<f32>> {
-    if !streams(m) {
+    assert!(x.len() >= m * k && w.len() >= n * k);
+    if streams(m) {
+        let mut y = vec![0f32; m * n];
+        stream_x_wt(x, m, w, n, k, &mut y);
+        if let Some(b) = bias {
+            y.par_chunks_mut(n)
+                .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+        }
+        return Some(y);
+    }
+    if !blocks(m) {
         return None;
     }
-    let mut y = vec![0f32; m * n];
-    stream_x_wt(x, m, w, n, k, &mut y);
-    if let Some(b) = bias {
-        y.par_chunks_mut(n)
-            .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
-    }
+    // The blocked kernels add to what is there: the bias, or zeros (written: see
+    // `written_zeros`).
+    let mut y = match bias {
+        Some(b) => {
+            let mut y = vec![0f32; m * n];
+            y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
+            y
+        }
+        None => written_zeros(m * n),
+    };
+    blocked_x_wt(x, m, w, n, k, &mut y);
     Some(y)
 }
 
-/// Without the kernels, nothing streams.
+/// Without the kernels, no product has few rows.
 #[cfg(not(target_arch = "x86_64"))]
-fn streamed_product(
+fn few_rows_product(
     _: &[f32],
     _: usize,
     _: &[f32],
@@ -278,13 +284,29 @@ fn streamed_product(
 
 /// `∂x = g · W` (`g` is `m × n`, `w` is `n × k`): the backward step of [`product`].
 pub(super) fn input_grad(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
-    stream_g_w(g, m, w, n, k)
-        .or_else(|| blocked_g_w(g, m, w, n, k))
-        .unwrap_or_else(|| {
-            let mut gx = vec![0f32; m * k];
-            gemm_into(&mut gx, false, g, w, (m, k, n), (k, 1));
-            gx
-        })
+    few_rows_input_grad(g, m, w, n, k).unwrap_or_else(|| {
+        let mut gx = vec![0f32; m * k];
+        gemm_into(&mut gx, false, g, w, (m, k, n), (k, 1));
+        gx
+    })
+}
+
+/// [`input_grad`] by the streaming or blocked kernels, as [`few_rows_product`].
+#[cfg(target_arch = "x86_64")]
+pub(super) fn few_rows_input_grad<W: avx2::Weight>(
+    g: &[f32],
+    m: usize,
+    w: &[W],
+    n: usize,
+    k: usize,
+) -> Option<Vec<f32>> {
+    stream_g_w(g, m, w, n, k).or_else(|| blocked_g_w(g, m, w, n, k))
+}
+
+/// Without the kernels, no product has few rows.
+#[cfg(not(target_arch = "x86_64"))]
+fn few_rows_input_grad(_: &[f32], _: usize, _: &[f32], _: usize, _: usize) -> Option<Vec<f32>> {
+    None
 }
 
 /// `dst = (dst if accumulate) + lhs · rhs` for row-major `dst` (`m × n`) and `lhs` (`m × k`),
@@ -358,7 +380,7 @@ fn stream_x_wt<W: avx2::Weight>(x: &[f32], m: usize, w: &[W], n: usize, k: usize
 /// `g · W` with the streaming kernels when [`streams`]`(m)`; `g` is `m × n`, `w` is `n × k`
 /// (f32 or bf16, the same bits from either).
 #[cfg(target_arch = "x86_64")]
-pub(super) fn stream_g_w<W: avx2::Weight>(
+fn stream_g_w<W: avx2::Weight>(
     g: &[f32],
     m: usize,
     w: &[W],
@@ -380,12 +402,6 @@ pub(super) fn stream_g_w<W: avx2::Weight>(
     Some(gx)
 }
 
-/// Without the kernels, nothing streams.
-#[cfg(not(target_arch = "x86_64"))]
-fn stream_g_w(_: &[f32], _: usize, _: &[f32], _: usize, _: usize) -> Option<Vec<f32>> {
-    None
-}
-
 /// A matrix's elements, rows and columns (a weight's, mostly): `None` unless it is a
 /// contiguous 2-D f32 tensor.
 fn weight_rows(weight: &FlexTensor) -> Option<(&[f32], usize, usize)> {
@@ -404,13 +420,11 @@ pub(super) fn blocks(m: usize) -> bool {
     }
 }
 
-/// `y += x · Wᵀ` with the blocked kernels when [`blocks`]`(m)`; `x` is `m × k`, `w` is
-/// `n × k`, `y` is `m × n`. Whether it did.
+/// `y += x · Wᵀ` with the blocked kernels (the caller checked [`blocks`]`(m)`); `x` is
+/// `m × k`, `w` is `n × k`, `y` is `m × n`.
 #[cfg(target_arch = "x86_64")]
-fn blocked_x_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, y: &mut [f32]) -> bool {
-    if !blocks(m) {
-        return false;
-    }
+fn blocked_x_wt<W: avx2::Weight>(x: &[f32], m: usize, w: &[W], n: usize, k: usize, y: &mut [f32]) {
+    assert!(blocks(m) && y.len() >= m * n);
     let panels = blocked::panels(x, m, k);
     let out = SendPtr(y.as_mut_ptr());
     // A few ranges of W's rows per thread, each a whole number of tiles.
@@ -420,15 +434,20 @@ fn blocked_x_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, y: &mut [f32
         // SAFETY: `blocks(m)` checked `available()`; `panels` holds x's ⌈m/16⌉·k lines,
         // `w[c0·k..]` holds `rows × k`, and each task adds only to its own columns
         // `c0..c0 + rows` of `y`.
-        let (xp, wc) = (panels.as_ptr(), w.as_ptr());
-        unsafe { blocked::x_wt(xp, m, wc.add(c0 * k), rows, k, out.at(c0), n) }
+        let (xp, wc) = (panels.as_ptr(), w[c0 * k..].as_ptr());
+        unsafe { blocked::x_wt(xp, m, wc, rows, k, out.at(c0), n) }
     });
-    true
 }
 
 /// `g · W` with the blocked kernels when [`blocks`]`(m)`; `g` is `m × n`, `w` is `n × k`.
 #[cfg(target_arch = "x86_64")]
-fn blocked_g_w(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec<f32>> {
+fn blocked_g_w<W: avx2::Weight>(
+    g: &[f32],
+    m: usize,
+    w: &[W],
+    n: usize,
+    k: usize,
+) -> Option<Vec<f32>> {
     if !blocks(m) {
         return None;
     }
@@ -448,6 +467,7 @@ fn blocked_g_w(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Option<Vec
 /// `len` zeros, written by all threads. A fresh `vec![0.0; len]` maps the kernel's shared zero
 /// page, so a kernel that adds to it (reads, then writes) takes two faults per page, the
 /// second a copy-on-write that interrupts the other cores to flush their TLBs.
+#[cfg(target_arch = "x86_64")]
 fn written_zeros(len: usize) -> Vec<f32> {
     let mut zeros = Vec::with_capacity(len);
     (0..len)
@@ -491,16 +511,4 @@ fn par_range_sums(
         sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
     }
     sum
-}
-
-/// Without the kernels, nothing is blocked.
-#[cfg(not(target_arch = "x86_64"))]
-fn blocked_x_wt(_: &[f32], _: usize, _: &[f32], _: usize, _: usize, _: &mut [f32]) -> bool {
-    false
-}
-
-/// Without the kernels, nothing is blocked.
-#[cfg(not(target_arch = "x86_64"))]
-fn blocked_g_w(_: &[f32], _: usize, _: &[f32], _: usize, _: usize) -> Option<Vec<f32>> {
-    None
 }

@@ -75,25 +75,27 @@ impl XWtHalf {
         widen_into(bits, self.dtype, out);
     }
 
-    /// The weight as bf16 values, when it is bf16 and the streaming kernels, which read it as
-    /// it is, take `m` rows (x86-64 with AVX2 and FMA, `m` up to `MAX_FEW_ROWS`).
+    /// The weight as bf16 values, when it is bf16 and the streaming or blocked kernels, which
+    /// read it as it is, take `m` rows (x86-64 with AVX2 and FMA, `m` up to
+    /// `MAX_BLOCKED_ROWS`).
     #[cfg(target_arch = "x86_64")]
     fn bf16_rows(&self, m: usize) -> Option<&[half::bf16]> {
-        (super::flex::streams(m) && self.dtype == DType::BF16).then(|| {
+        let few = super::flex::streams(m) || super::flex::blocks(m);
+        (few && self.dtype == DType::BF16).then(|| {
             self.weight
                 .as_slice::<half::bf16>()
                 .expect("a contiguous tensor")
         })
     }
 
-    /// The product straight from a bf16 weight by the streaming kernels, without a widened
-    /// copy: half the bytes an f32 weight streams, the same bits; `None` where they do not
-    /// apply.
+    /// The product straight from a bf16 weight by the streaming or blocked kernels, without a
+    /// widened copy: half the bytes an f32 weight streams, the same bits; `None` where they do
+    /// not apply.
     fn streamed(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Option<Vec<f32>> {
         let (n, k) = self.shape();
         #[cfg(target_arch = "x86_64")]
         if let Some(w) = self.bf16_rows(m) {
-            return super::flex::streamed_product(x, m, w, n, k, bias);
+            return super::flex::few_rows_product(x, m, w, n, k, bias);
         }
         let _ = (x, bias, n, k);
         None
@@ -104,7 +106,7 @@ impl XWtHalf {
         let (n, k) = self.shape();
         #[cfg(target_arch = "x86_64")]
         if let Some(w) = self.bf16_rows(m) {
-            return super::flex::stream_g_w(g, m, w, n, k);
+            return super::flex::few_rows_input_grad(g, m, w, n, k);
         }
         let _ = (g, n, k);
         None
@@ -421,10 +423,11 @@ mod tests {
         }
     }
 
-    /// A model computing in f32 with a bf16 weight: for the rows the streaming kernels take,
-    /// the product and its input gradient read the weight as it is and give the bits of the
-    /// same product with the weight converted to f32, with and without a tail of columns
-    /// (`k` not a multiple of 8) and over a weight larger than one widened block.
+    /// A model computing in f32 with a bf16 weight: for the rows the streaming and blocked
+    /// kernels take, the product and its input gradient read the weight as it is and give the
+    /// bits of the same product with the weight converted to f32, with and without a tail of
+    /// columns (`k` not a multiple of 8 or 16) and over a weight larger than one widened
+    /// block.
     #[test]
     fn bf16_weights_streamed_give_the_bits_of_their_f32_conversion() {
         type B = Autodiff<Flex>;
@@ -435,7 +438,7 @@ mod tests {
             let wide: Vec<f32> = held.iter().map(|&v| v as f32).collect();
             let wide = Tensor::<B, 2>::from_data(TensorData::new(wide, [n, k]), &device);
             let bias = Tensor::<B, 1>::from_data(TensorData::new(values(n, 6), [n]), &device);
-            for m in 1..=super::super::MAX_FEW_ROWS {
+            for m in (1..=super::super::MAX_FEW_ROWS).chain([8, 21, 96]) {
                 let label = format!("m = {m}, k = {k}");
                 let x = Tensor::<B, 2>::from_data(
                     TensorData::new(values(m * k, 7 + m as u64), [m, k]),

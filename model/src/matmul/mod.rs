@@ -4,7 +4,7 @@
 //! (its backward step gives the input gradient `g · W`; weights and biases get none). On
 //! x86-64 CPUs with AVX2 and FMA:
 //! - 1 ..= [`MAX_FEW_ROWS`] rows: [`avx2`]'s streaming kernels, which read each weight once
-//!   (f32, or bf16 as a checkpoint stores it) and keep the few rows in registers and L1. Their input gradient skips the rows of `W`
+//!   and keep the few rows in registers and L1. Their input gradient skips the rows of `W`
 //!   whose coefficients are all zero: the LM head at the target position (one row) under a
 //!   logit target gets a one-hot gradient, so its backward step reads one row of the table
 //!   instead of all of it.
@@ -13,6 +13,9 @@
 //!   at a few dozen rows costs a fifth of the product and keeps the memory traffic and the
 //!   arithmetic apart: at 64 rows these kernels run the 1.5B model's products at 170-200
 //!   GFLOP/s on a 2-core Zen 4, gemm at 115-170.
+//!
+//! Both read a bf16 weight (a checkpoint's, kept as stored) as it is, widening it in
+//! registers: the same sums in the same order, so the bits of its f32 conversion.
 //! - more rows, or two or more without AVX2: gemm, into a buffer allocated here with the bias
 //!   already in it (see `flex.rs` for why not flex's own matmul).
 //!
