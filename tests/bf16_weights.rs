@@ -11,7 +11,6 @@ use std::path::Path;
 use attrib::attribution::{attribute_loaded, attribute_loaded_with, Objective, Options};
 use attrib::model::load::SafetensorsSource;
 use attrib::model::{Qwen2Config, Qwen2ForCausalLM};
-use attrib::predict::{ids_tensor, top_k};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
 use common::{fixture, reference};
@@ -124,16 +123,7 @@ fn the_lens_of_a_bf16_head_read_in_place_is_the_converted_models() {
             assert_eq!(a.len(), kept.config.num_hidden_layers * 2 + 1, "{label}");
             assert_eq!(a, b, "{label}");
             // After the last sublayer: the model's own logits, bit for bit.
-            let logits = kept
-                .forward_last(ids_tensor(&case.input_ids, &Default::default()))
-                .inner()
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
-            let top: Vec<(u32, f32)> = top_k(&logits, 5)
-                .into_iter()
-                .map(|(id, l, _)| (id, l))
-                .collect();
+            let (_, top) = common::last_logits(&kept, &case.input_ids);
             assert_eq!(a.last().unwrap().top, top, "{label}");
         }
     }

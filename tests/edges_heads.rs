@@ -6,7 +6,7 @@ mod common;
 
 use attrib::attribution::{attribute_loaded, Metric, Objective, Outcome, Target};
 use attrib::model::{NoProbe, Qwen2ForCausalLM};
-use attrib::predict::{ids_tensor, top_k};
+use attrib::predict::ids_tensor;
 use burn::backend::Autodiff;
 use common::edges::check_edges_and_heads;
 use common::{reference, TestBackend};
@@ -97,16 +97,7 @@ fn the_last_lens_row_is_the_prediction_on<B: burn::tensor::backend::Backend>() {
         assert_eq!(out.lens.len(), out.nodes.len());
         assert_eq!(out.lens[0].after, "embeddings");
         let last = out.lens.last().unwrap();
-        let logits = model
-            .forward_last(ids_tensor(&case.input_ids, &Default::default()))
-            .inner()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let top: Vec<(u32, f32)> = top_k(&logits, 5)
-            .into_iter()
-            .map(|(id, l, _)| (id, l))
-            .collect();
+        let (logits, top) = common::last_logits(&model, &case.input_ids);
         assert_eq!(last.top, top, "{:?}", case.prompt);
         assert_eq!(last.target_logit, logits[out.target_id as usize]);
         assert_eq!(last.target_rank, 1);

@@ -13,6 +13,24 @@ use serde::Deserialize;
 /// The CPU backend every test runs on.
 pub type TestBackend = burn::backend::NdArray<f32>;
 
+/// The model's own logits at the last position of `ids`, and its five highest `(id, logit)`.
+pub fn last_logits<B: burn::tensor::backend::Backend>(
+    model: &attrib::model::Qwen2ForCausalLM<burn::backend::Autodiff<B>>,
+    ids: &[u32],
+) -> (Vec<f32>, Vec<(u32, f32)>) {
+    let logits = model
+        .forward_last(attrib::predict::ids_tensor(ids, &Default::default()))
+        .inner()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let top = attrib::predict::top_k(&logits, 5)
+        .into_iter()
+        .map(|(id, l, _)| (id, l))
+        .collect();
+    (logits, top)
+}
+
 /// The fixture model `tests/fixtures/NAME` on backend `B`.
 pub fn load_fixture<B: burn::tensor::backend::Backend>(
     name: &str,

@@ -222,10 +222,10 @@ pub(super) fn product(
 ) -> Vec<f32> {
     few_rows_product(x, m, w, n, k, bias).unwrap_or_else(|| {
         // y = b + x · Wᵀ, Wᵀ read through its strides.
-        let mut y = vec![0f32; m * n];
-        if let Some(b) = bias {
-            y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
-        }
+        let mut y = match bias {
+            Some(b) => bias_rows(b, m),
+            None => vec![0f32; m * n],
+        };
         gemm_into(&mut y, bias.is_some(), x, w, (m, n, k), (1, k));
         y
     })
@@ -258,15 +258,21 @@ pub(super) fn few_rows_product<W: avx2::Weight>(
     // The blocked kernels add to what is there: the bias, or zeros (written: see
     // `written_zeros`).
     let mut y = match bias {
-        Some(b) => {
-            let mut y = vec![0f32; m * n];
-            y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
-            y
-        }
+        Some(b) => bias_rows(b, m),
         None => written_zeros(m * n),
     };
     blocked_x_wt(x, m, w, n, k, &mut y);
     Some(y)
+}
+
+/// `m` rows, each a copy of `bias`.
+fn bias_rows(bias: &[f32], m: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * bias.len()];
+    if !bias.is_empty() {
+        y.par_chunks_mut(bias.len())
+            .for_each(|row| row.copy_from_slice(bias));
+    }
+    y
 }
 
 /// Without the kernels, no product has few rows.
