@@ -81,7 +81,10 @@ impl Weight for half::bf16 {
 
     #[inline(always)]
     unsafe fn broadcast(p: *const half::bf16) -> __m256 {
-        _mm256_set1_ps(Self::get(p))
+        // The 16 bits in every half of every lane, then the low halves cleared.
+        let halves = _mm256_set1_epi16((*p).to_bits() as i16);
+        let high = _mm256_and_si256(halves, _mm256_set1_epi32(0xffff_0000u32 as i32));
+        _mm256_castsi256_ps(high)
     }
 }
 
