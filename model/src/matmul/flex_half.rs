@@ -5,11 +5,13 @@
 //!
 //! flex's own bf16 and f16 matmul converts both operands to f32 on one thread on every call
 //! and reads the weight through a transposed copy: a 5-token forward pass of the 1.5B model
-//! took 7-9 s in bf16 against 0.3 s in f32. Here the weight is widened a block of rows at a
-//! time (16 MiB of f32 for the streaming and blocked kernels, 64 MiB for gemm, in a buffer
-//! reused from one product to the next) on every core and multiplied by [`super::flex`]'s
-//! kernels. Widening is exact and each output's sum runs as in f32, so the values are those
-//! of an f32 product of the half-precision operands, rounded once where the output is half.
+//! took 7-9 s in bf16 against 0.3 s in f32. Here a bf16 weight is read as it is by the
+//! streaming and blocked kernels (up to `MAX_BLOCKED_ROWS` rows), which widen it in registers;
+//! otherwise the weight is widened a block of rows at a time (16 MiB of f32 for the streaming
+//! and blocked kernels, 64 MiB for gemm, in a buffer reused from one product to the next) on
+//! every core and multiplied by [`super::flex`]'s kernels. Widening is exact and each output's
+//! sum runs as in f32, so the values are those of an f32 product of the half-precision
+//! operands, rounded once where the output is half.
 
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{backend::Backend, DType, Shape};
@@ -91,7 +93,7 @@ impl XWtHalf {
     /// The product straight from a bf16 weight by the streaming or blocked kernels, without a
     /// widened copy: half the bytes an f32 weight streams, the same bits; `None` where they do
     /// not apply.
-    fn streamed(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Option<Vec<f32>> {
+    fn direct(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Option<Vec<f32>> {
         let (n, k) = self.shape();
         #[cfg(target_arch = "x86_64")]
         if let Some(w) = self.bf16_rows(m) {
@@ -101,8 +103,8 @@ impl XWtHalf {
         None
     }
 
-    /// The input gradient as [`Self::streamed`] computes the product.
-    fn streamed_grad(&self, g: &[f32], m: usize) -> Option<Vec<f32>> {
+    /// The input gradient as [`Self::direct`] computes the product.
+    fn direct_grad(&self, g: &[f32], m: usize) -> Option<Vec<f32>> {
         let (n, k) = self.shape();
         #[cfg(target_arch = "x86_64")]
         if let Some(w) = self.bf16_rows(m) {
@@ -145,7 +147,7 @@ impl FlexOp<1> for XWtHalf {
         }
         let x = widened(x);
         let bias = self.bias.as_ref().map(widened);
-        if let Some(y) = self.streamed(&x, m, bias.as_deref()) {
+        if let Some(y) = self.direct(&x, m, bias.as_deref()) {
             return Some((in_precision(y, out, &[m, n]), ()));
         }
         let per = self.block_rows(m);
@@ -177,7 +179,7 @@ impl FlexOp<1> for XWtHalf {
         let (n, k) = self.shape();
         let m = dims(grad)[0];
         let g = widened(grad);
-        if let Some(gx) = self.streamed_grad(&g, m) {
+        if let Some(gx) = self.direct_grad(&g, m) {
             return [Some(in_precision(gx, grad.dtype(), &[m, k]))];
         }
         let per = self.block_rows(m);
@@ -429,7 +431,7 @@ mod tests {
     /// columns (`k` not a multiple of 8 or 16) and over a weight larger than one widened
     /// block.
     #[test]
-    fn bf16_weights_streamed_give_the_bits_of_their_f32_conversion() {
+    fn bf16_weights_read_as_stored_give_the_bits_of_their_f32_conversion() {
         type B = Autodiff<Flex>;
         let device = Default::default();
         let n = 40;
