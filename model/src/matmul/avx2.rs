@@ -5,9 +5,9 @@
 //! Register tiles are fixed at compile time (const generics) so the accumulators stay in the
 //! sixteen `ymm` registers.
 //!
-//! `W` may be f32 or bf16 ([`Weight`]): bf16 rows are widened in registers as they are read,
-//! exactly, and summed in the same order, so a bf16 weight gives the bits its f32 conversion
-//! would, from half the bytes.
+//! `W` may be f32, bf16 or f16 ([`Weight`]): half-precision rows are widened in registers as
+//! they are read, exactly, and summed in the same order, so such a weight gives the bits its
+//! f32 conversion would, from half the bytes.
 //!
 //! Every function here is `unsafe`: callers check that the CPU has AVX2 and FMA
 //! ([`available`]) and that every pointer covers the rows and columns it is given.
@@ -15,9 +15,12 @@
 
 use std::arch::x86_64::*;
 
-/// Whether this CPU runs the kernels (checked once by the standard library, then cached).
+/// Whether this CPU runs the kernels (checked once by the standard library, then cached):
+/// AVX2, FMA and F16C (f16 weights; every AVX2 CPU has it).
 pub fn available() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
 }
 
 /// The sum of a vector's eight lanes.
@@ -33,7 +36,7 @@ pub trait Weight: Copy + Send + Sync {
     /// The eight values at `p`, as f32.
     ///
     /// # Safety
-    /// AVX2 is present; `p` holds eight values.
+    /// AVX2 and F16C are present; `p` holds eight values.
     unsafe fn load8(p: *const Self) -> __m256;
 
     /// The value at `p`, as f32.
@@ -45,7 +48,7 @@ pub trait Weight: Copy + Send + Sync {
     /// The value at `p`, as f32, in all eight lanes.
     ///
     /// # Safety
-    /// AVX2 is present; `p` holds a value.
+    /// AVX2 and F16C are present; `p` holds a value.
     unsafe fn broadcast(p: *const Self) -> __m256;
 }
 
@@ -85,6 +88,23 @@ impl Weight for half::bf16 {
         let halves = _mm256_set1_epi16((*p).to_bits() as i16);
         let high = _mm256_and_si256(halves, _mm256_set1_epi32(0xffff_0000u32 as i32));
         _mm256_castsi256_ps(high)
+    }
+}
+
+impl Weight for half::f16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    #[inline(always)]
+    unsafe fn get(p: *const half::f16) -> f32 {
+        (*p).to_f32()
+    }
+
+    #[inline(always)]
+    unsafe fn broadcast(p: *const half::f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_set1_epi16((*p).to_bits() as i16))
     }
 }
 
@@ -155,9 +175,9 @@ unsafe fn dot_rows<W: Weight, const NR: usize>(
 /// `y[a·ys + c] = Σ_p x[a·k + p] · w[c·k + p]` for `a < m`, `c < n`: a block of `x · Wᵀ`.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `x` holds `m·k` floats, `w` holds `n·k` values, and `y` is
+/// AVX2, FMA and F16C are present; `x` holds `m·k` floats, `w` holds `n·k` values, and `y` is
 /// writable at `a·ys + c` for every `a < m`, `c < n`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn x_wt<W: Weight>(
     x: *const f32,
     m: usize,
@@ -280,9 +300,9 @@ unsafe fn axpy_rows<W: Weight, const NR: usize>(
 /// of `W`'s rows, accumulated.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `g` is readable at `a·gs + c` for every `a < m`, `c < n`; `w`
+/// AVX2, FMA and F16C are present; `g` is readable at `a·gs + c` for every `a < m`, `c < n`; `w`
 /// holds `n·k` values and `gx` holds `m·k` floats.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn g_w<W: Weight>(
     g: *const f32,
     gs: usize,

@@ -15,8 +15,8 @@
 //!   KiB, in L1) for the others, and prefetches the strip after next (without both, about 20%
 //!   slower at 64 rows).
 //!
-//! `W` may be f32 or bf16 ([`Weight`]), widened exactly as it is read: the same sums in the
-//! same order, so a bf16 weight gives the bits of its f32 conversion.
+//! `W` may be f32, bf16 or f16 ([`Weight`]), widened exactly as it is read: the same sums in
+//! the same order, so a half-precision weight gives the bits of its f32 conversion.
 //!
 //! The kernels are `unsafe`: callers check that the CPU has AVX2 and FMA and that every
 //! pointer covers the rows and columns it is given.
@@ -106,9 +106,9 @@ unsafe fn x_wt_tile<W: Weight, const NR: usize>(
 /// against all of `x`, given as [`panels`] of `k` lines each.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `xp` holds `⌈m/16⌉·k` lines, `w` holds `n·k` values, and `y`
+/// AVX2, FMA and F16C are present; `xp` holds `⌈m/16⌉·k` lines, `w` holds `n·k` values, and `y`
 /// is writable at `r·ys + c` for every `r < m`, `c < n`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn x_wt<W: Weight>(
     xp: *const Line,
     m: usize,
@@ -229,9 +229,9 @@ unsafe fn g_w_strip<W: Weight>(
 /// `j0 ≤ j < j1` of `g · W`.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `g` holds `m·n` floats, `w` holds `n·k` values, `gx` holds
+/// AVX2, FMA and F16C are present; `g` holds `m·n` floats, `w` holds `n·k` values, `gx` holds
 /// `m·k` floats, and `j0 ≤ j1 ≤ k`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn g_w<W: Weight>(
     g: *const f32,
     m: usize,

@@ -16,9 +16,14 @@
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{backend::Backend, DType, Shape};
 
+use super::flex::{blocks, streams};
+#[cfg(target_arch = "x86_64")]
+use super::flex::{few_rows_input_grad, few_rows_product};
 use super::flex::{input_grad, product};
 use crate::flex_ops::{constant, dense, dims, elems, FlexOp, Float};
 use crate::halves::{halve_values, widen_into};
+#[cfg(target_arch = "x86_64")]
+use half::{bf16, f16, slice::HalfBitsSliceExt};
 
 /// Weight values widened to f32 at a time for the streaming and blocked kernels (16 MiB; a
 /// few rows in the tests, so that their small weights span several blocks).
@@ -77,29 +82,21 @@ impl XWtHalf {
         widen_into(bits, self.dtype, out);
     }
 
-    /// The weight as bf16 values, when it is bf16 and the streaming or blocked kernels, which
-    /// read it as it is, take `m` rows (x86-64 with AVX2 and FMA, `m` up to
-    /// `MAX_BLOCKED_ROWS`).
-    #[cfg(target_arch = "x86_64")]
-    fn bf16_rows(&self, m: usize) -> Option<&[half::bf16]> {
-        let few = super::flex::streams(m) || super::flex::blocks(m);
-        (few && self.dtype == DType::BF16).then(|| {
-            self.weight
-                .as_slice::<half::bf16>()
-                .expect("a contiguous tensor")
-        })
-    }
-
-    /// The product straight from a bf16 weight by the streaming or blocked kernels, without a
-    /// widened copy: half the bytes an f32 weight streams, the same bits; `None` where they do
-    /// not apply.
+    /// The product straight from the half-precision weight by the streaming or blocked
+    /// kernels (x86-64 with AVX2, FMA and F16C, up to `MAX_BLOCKED_ROWS` rows), which widen it
+    /// in registers: half the bytes an f32 weight streams, the same bits, no widened copy;
+    /// `None` where they do not apply.
     fn direct(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Option<Vec<f32>> {
         let (n, k) = self.shape();
         #[cfg(target_arch = "x86_64")]
-        if let Some(w) = self.bf16_rows(m) {
-            return super::flex::few_rows_product(x, m, w, n, k, bias);
+        if streams(m) || blocks(m) {
+            let w = bits(&self.weight);
+            return match self.dtype {
+                DType::BF16 => few_rows_product(x, m, w.reinterpret_cast::<bf16>(), n, k, bias),
+                _ => few_rows_product(x, m, w.reinterpret_cast::<f16>(), n, k, bias),
+            };
         }
-        let _ = (x, bias, n, k);
+        let _ = (x, m, bias, n, k);
         None
     }
 
@@ -107,10 +104,14 @@ impl XWtHalf {
     fn direct_grad(&self, g: &[f32], m: usize) -> Option<Vec<f32>> {
         let (n, k) = self.shape();
         #[cfg(target_arch = "x86_64")]
-        if let Some(w) = self.bf16_rows(m) {
-            return super::flex::few_rows_input_grad(g, m, w, n, k);
+        if streams(m) || blocks(m) {
+            let w = bits(&self.weight);
+            return match self.dtype {
+                DType::BF16 => few_rows_input_grad(g, m, w.reinterpret_cast::<bf16>(), n, k),
+                _ => few_rows_input_grad(g, m, w.reinterpret_cast::<f16>(), n, k),
+            };
         }
-        let _ = (g, n, k);
+        let _ = (g, m, n, k);
         None
     }
 
@@ -119,7 +120,7 @@ impl XWtHalf {
     /// operands anew for every call.
     fn block_rows(&self, m: usize) -> usize {
         let (n, k) = self.shape();
-        let values = match super::flex::streams(m) || super::flex::blocks(m) {
+        let values = match streams(m) || blocks(m) {
             true => BLOCK_VALUES,
             false => GEMM_BLOCK_VALUES,
         };
@@ -425,23 +426,26 @@ mod tests {
         }
     }
 
-    /// A model computing in f32 with a bf16 weight: for the rows the streaming and blocked
-    /// kernels take, the product and its input gradient read the weight as it is and give the
-    /// bits of the same product with the weight converted to f32, with and without a tail of
-    /// columns (`k` not a multiple of 8 or 16) and over a weight larger than one widened
-    /// block.
+    /// A model computing in f32 with a bf16 or f16 weight: for the rows the streaming and
+    /// blocked kernels take, the product and its input gradient read the weight as it is and
+    /// give the bits of the same product with the weight converted to f32, with and without a
+    /// tail of columns (`k` not a multiple of 8 or 16) and over a weight larger than one
+    /// widened block.
     #[test]
-    fn bf16_weights_read_as_stored_give_the_bits_of_their_f32_conversion() {
+    fn half_weights_read_as_stored_give_the_bits_of_their_f32_conversion() {
         type B = Autodiff<Flex>;
         let device = Default::default();
         let n = 40;
-        for k in [64, 61] {
-            let (w, held) = half::<B, 2>(&values(n * k, 5), [n, k], DType::BF16);
+        for (k, dtype) in [64, 61]
+            .into_iter()
+            .flat_map(|k| [(k, DType::BF16), (k, DType::F16)])
+        {
+            let (w, held) = half::<B, 2>(&values(n * k, 5), [n, k], dtype);
             let wide: Vec<f32> = held.iter().map(|&v| v as f32).collect();
             let wide = Tensor::<B, 2>::from_data(TensorData::new(wide, [n, k]), &device);
             let bias = Tensor::<B, 1>::from_data(TensorData::new(values(n, 6), [n]), &device);
             for m in (1..=super::super::MAX_FEW_ROWS).chain([8, 21, 96]) {
-                let label = format!("m = {m}, k = {k}");
+                let label = format!("{dtype:?} m = {m}, k = {k}");
                 let x = Tensor::<B, 2>::from_data(
                     TensorData::new(values(m * k, 7 + m as u64), [m, k]),
                     &device,

@@ -14,7 +14,7 @@
 //!   arithmetic apart: at 64 rows these kernels run the 1.5B model's products at 170-200
 //!   GFLOP/s on a 2-core Zen 4, gemm at 115-170.
 //!
-//! Both read a bf16 weight (a checkpoint's, kept as stored) as it is, widening it in
+//! Both read a bf16 or f16 weight (a checkpoint's, kept as stored) as it is, widening it in
 //! registers: the same sums in the same order, so the bits of its f32 conversion.
 //! - more rows, or two or more without AVX2: gemm, into a buffer allocated here with the bias
 //!   already in it (see `flex.rs` for why not flex's own matmul).
