@@ -232,7 +232,7 @@ pub(super) fn product(
 }
 
 /// [`product`] by the streaming kernels when [`streams`]`(m)` and by the blocked ones when
-/// [`blocks`]`(m)`, from f32 or bf16 weights (the same bits from either); `None` otherwise.
+/// [`blocks`]`(m)`, from f32, bf16 or f16 weights (the same bits from any); `None` otherwise.
 #[cfg(target_arch = "x86_64")]
 pub(super) fn few_rows_product<W: avx2::Weight>(
     x: &[f32],
@@ -384,7 +384,7 @@ fn stream_x_wt<W: avx2::Weight>(x: &[f32], m: usize, w: &[W], n: usize, k: usize
 }
 
 /// `g · W` with the streaming kernels when [`streams`]`(m)`; `g` is `m × n`, `w` is `n × k`
-/// (f32 or bf16, the same bits from either).
+/// (f32, bf16 or f16, the same bits from any).
 #[cfg(target_arch = "x86_64")]
 fn stream_g_w<W: avx2::Weight>(
     g: &[f32],

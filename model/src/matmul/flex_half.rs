@@ -5,31 +5,28 @@
 //!
 //! flex's own bf16 and f16 matmul converts both operands to f32 on one thread on every call
 //! and reads the weight through a transposed copy: a 5-token forward pass of the 1.5B model
-//! took 7-9 s in bf16 against 0.3 s in f32. Here a bf16 weight is read as it is by the
-//! streaming and blocked kernels (up to `MAX_BLOCKED_ROWS` rows), which widen it in registers;
-//! otherwise the weight is widened a block of rows at a time (16 MiB of f32 for the streaming
-//! and blocked kernels, 64 MiB for gemm, in a buffer reused from one product to the next) on
-//! every core and multiplied by [`super::flex`]'s kernels. Widening is exact and each output's
-//! sum runs as in f32, so the values are those of an f32 product of the half-precision
-//! operands, rounded once where the output is half.
+//! took 7-9 s in bf16 against 0.3 s in f32. Here a bf16 or f16 weight is read as it is by the
+//! streaming and blocked kernels (up to `MAX_BLOCKED_ROWS` rows), which widen it in registers.
+//! The other products (more rows, or a CPU without those kernels) widen the weight a block of
+//! rows at a time first (64 MiB of f32, in a buffer reused from one product to the next), on
+//! every core. Widening is exact and each output's sum runs as in f32, so the values are those
+//! of an f32 product of the half-precision operands, rounded once where the output is half.
 
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{backend::Backend, DType, Shape};
 
-use super::flex::{blocks, streams};
 #[cfg(target_arch = "x86_64")]
-use super::flex::{few_rows_input_grad, few_rows_product};
+use super::flex::{blocks, few_rows_input_grad, few_rows_product, streams};
 use super::flex::{input_grad, product};
 use crate::flex_ops::{constant, dense, dims, elems, FlexOp, Float};
 use crate::halves::{halve_values, widen_into};
 #[cfg(target_arch = "x86_64")]
 use half::{bf16, f16, slice::HalfBitsSliceExt};
 
-/// Weight values widened to f32 at a time for the streaming and blocked kernels (16 MiB; a
-/// few rows in the tests, so that their small weights span several blocks).
-const BLOCK_VALUES: usize = if cfg!(test) { 1 << 10 } else { 1 << 22 };
-/// The same for gemm (64 MiB: every weight of the 1.5B model but the embeddings in one).
-const GEMM_BLOCK_VALUES: usize = if cfg!(test) { 1 << 10 } else { 1 << 24 };
+/// Weight values widened to f32 at a time (64 MiB: every weight of the 1.5B model but
+/// the embeddings in one; a few rows in the tests, so that their small weights span several
+/// blocks).
+const BLOCK_VALUES: usize = if cfg!(test) { 1 << 10 } else { 1 << 24 };
 
 /// `y = x · Wᵀ + b` with constant half-precision `W` (and `b`); the backward step gives
 /// `∂x = ∂y · W`, each in the input's precision (the weight's, or f32).
@@ -115,16 +112,12 @@ impl XWtHalf {
         None
     }
 
-    /// Weight rows per block for a product with `m` rows: blocks of [`BLOCK_VALUES`] for the
-    /// kernels that stream the weight, up to [`GEMM_BLOCK_VALUES`] for gemm, which packs its
-    /// operands anew for every call.
-    fn block_rows(&self, m: usize) -> usize {
+    /// Weight rows per widened block: as many as [`BLOCK_VALUES`] holds, since gemm packs its
+    /// operands anew for every call. (Products the streaming and blocked kernels take read the
+    /// weight directly, see [`Self::direct`].)
+    fn block_rows(&self) -> usize {
         let (n, k) = self.shape();
-        let values = match streams(m) || blocks(m) {
-            true => BLOCK_VALUES,
-            false => GEMM_BLOCK_VALUES,
-        };
-        (values / k.max(1)).clamp(1, n.max(1))
+        (BLOCK_VALUES / k.max(1)).clamp(1, n.max(1))
     }
 }
 
@@ -151,7 +144,7 @@ impl FlexOp<1> for XWtHalf {
         if let Some(y) = self.direct(&x, m, bias.as_deref()) {
             return Some((in_precision(y, out, &[m, n]), ()));
         }
-        let per = self.block_rows(m);
+        let per = self.block_rows();
         // Taken, not borrowed: a product that waits on rayon may run another one meanwhile on
         // this thread, which then widens into a buffer of its own.
         let mut block = BLOCK.take();
@@ -183,7 +176,7 @@ impl FlexOp<1> for XWtHalf {
         if let Some(gx) = self.direct_grad(&g, m) {
             return [Some(in_precision(gx, grad.dtype(), &[m, k]))];
         }
-        let per = self.block_rows(m);
+        let per = self.block_rows();
         let mut block = BLOCK.take();
         if per >= n {
             // One block: its input gradient is the whole.

@@ -493,10 +493,6 @@ unsafe fn convert_rows(
             let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
             _mm512_storeu_si512(dst.add(t * k + c) as *mut __m512i, halves);
             if norms.is_some() {
-                // bf16 to f32: the 16 bits become the high half of the f32.
-                let widen = |h: __m256i| {
-                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-                };
                 let blo = widen(_mm512_castsi512_si256(halves));
                 let bhi = widen(_mm512_extracti64x4_epi64::<1>(halves));
                 let (dlo, dhi) = (_mm512_sub_ps(lo, blo), _mm512_sub_ps(hi, bhi));
@@ -511,6 +507,15 @@ unsafe fn convert_rows(
     }
 }
 
+/// Sixteen bf16 values (their bits) as f32, exactly: the 16 bits become the high half.
+///
+/// # Safety
+/// AVX-512 F is present.
+#[inline(always)]
+unsafe fn widen(h: __m256i) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+}
+
 /// Each of `rows` rows of bf16 values' `‖w‖` (`k` a multiple of 32), into `norms`.
 ///
 /// # Safety
@@ -521,7 +526,7 @@ unsafe fn bf16_norms(src: *const u16, rows: usize, k: usize, norms: &mut [f32]) 
         let mut sum = _mm512_setzero_ps();
         for c in (0..k).step_by(16) {
             let h = _mm256_loadu_si256(src.add(t * k + c) as *const __m256i);
-            let v = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+            let v = widen(h);
             sum = _mm512_fmadd_ps(v, v, sum);
         }
         norms[t] = _mm512_reduce_add_ps(sum).sqrt();
