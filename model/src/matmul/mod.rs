@@ -24,10 +24,13 @@
 //!
 //! Two reductions of such products have their own kernels on flex, where the product itself
 //! is not needed: [`rank_rows`] (the logit lens's ranks: a bf16 screen of the LM head on CPUs
-//! with AVX-512 BF16, exact f32 values where it cannot decide; see `screen.rs`) and
+//! with AVX-512 BF16, by AMX tiles where the CPU has them, exact f32 values where it cannot
+//! decide; see `screen.rs`) and
 //! [`head_squares`] (each attention head's contribution through o_proj, squared against the
 //! gradient, in one pass over the weight; see `heads.rs`).
 
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod amx;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod avx2;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]

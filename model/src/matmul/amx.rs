@@ -1,0 +1,212 @@
+//! Intel AMX tiles for the lens screen (`screen.rs`): bf16 products with f32 sums, a 16 × 16
+//! block of entries per `tdpbf16ps` (8,192 multiply-adds; a 512-bit `vdpbf16ps` does 512).
+//!
+//! The product is bound by loading tiles: each `tileloadd` of 1 KiB took about 40 cycles on a
+//! 2-core Sapphire Rapids-class VM, while four `tdpbf16ps` on loaded tiles took about 64.
+//! Four result tiles (32 rows of `W` × 32 rows of `x`) use each loaded tile twice, the most
+//! the eight tile registers allow.
+//!
+//! Linux hands out the tile registers only to processes that ask (`arch_prctl`), once;
+//! [`available`] asks. Each thread loads the tile layout ([`Tiles::new`]) before its
+//! products and releases it after.
+//!
+//! Layouts: `W`'s rows are read as stored (`k` bf16 values each, the `A` operand). The rows
+//! of `x` go into `B` tiles, which hold pairs of consecutive values of a row side by side
+//! ([`pack`]).
+
+use std::arch::asm;
+use std::arch::x86_64::__cpuid_count;
+use std::sync::OnceLock;
+
+/// Rows of `W` per [`product`]: two `A` tiles of 16.
+pub const W_ROWS: usize = 32;
+/// Rows of `x` per [`product`]: two `B` tiles of 16.
+pub const X_ROWS: usize = 32;
+/// Values along `k` per tile step (a 64-byte tile row of bf16).
+pub const STEP: usize = 32;
+/// Floats in one 16 × 16 result tile.
+pub const TILE: usize = 256;
+
+/// Whether this CPU has AMX-TILE and AMX-BF16 and this process may use them (asked of the
+/// OS on the first call).
+pub fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| cpu_has_amx() && permitted())
+}
+
+/// CPUID leaf 7: AMX-BF16 is bit 22 of EDX, AMX-TILE bit 24.
+fn cpu_has_amx() -> bool {
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86-64 CPU; leaf 0 gives the highest leaf.
+    let (max, leaf7) = unsafe { (__cpuid_count(0, 0).eax, __cpuid_count(7, 0).edx) };
+    max >= 7 && leaf7 & (1 << 22) != 0 && leaf7 & (1 << 24) != 0
+}
+
+/// Asks Linux for the tile data state (`ARCH_REQ_XCOMP_PERM`, `XFEATURE_XTILEDATA`):
+/// granted to the whole process, refused by kernels or hypervisors that do not offer it.
+#[cfg(target_os = "linux")]
+fn permitted() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with this request only changes which states the process may use.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+/// Other systems: not used.
+#[cfg(not(target_os = "linux"))]
+fn permitted() -> bool {
+    false
+}
+
+/// The tile layout loaded on this thread: eight tiles of 16 rows × 64 bytes (`tmm0-3`
+/// results, `tmm4-5` rows of `W`, `tmm6-7` rows of `x`). Released when dropped.
+pub struct Tiles(());
+
+impl Tiles {
+    /// Loads the layout.
+    ///
+    /// # Safety
+    /// [`available`] returned true.
+    pub unsafe fn new() -> Self {
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut config = Config([0; 64]);
+        // Palette 1; bytes 16.. hold each tile's bytes per row (u16), bytes 48.. its rows.
+        config.0[0] = 1;
+        for t in 0..8 {
+            config.0[16 + 2 * t] = 64;
+            config.0[48 + t] = 16;
+        }
+        // SAFETY: the caller's; the configuration is a valid palette-1 layout.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
+        Self(())
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: a layout was loaded on this thread (`new`), so AMX is available.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// `rows` rows of `x` in bf16 (`k` halves each, row-major; `rows` a multiple of 16, `k` of
+/// [`STEP`]) as `B` tiles: for each group of 16 rows, `k / 2` lines of 16 pairs.
+pub fn pack(x: &[u16], rows: usize, k: usize) -> Vec<u16> {
+    let mut out = vec![0u16; rows * k];
+    for g in 0..rows / 16 {
+        let group = &mut out[g * 16 * k..][..16 * k];
+        for r in 0..16 {
+            let row = &x[(g * 16 + r) * k..][..k];
+            for (pair, values) in row.chunks_exact(2).enumerate() {
+                group[pair * 32 + r * 2..][..2].copy_from_slice(values);
+            }
+        }
+    }
+    out
+}
+
+/// The 32 × 32 entries `Σ_p ŵ[j][p] · x̂[r][p]` of `W_ROWS` rows of `w` (`k` halves each,
+/// row-major) and `X_ROWS` rows of `x` ([`pack`]ed, from its 32-row group pair at `x`), as
+/// four 16 × 16 tiles into `c`: (`w` rows 0-15, `x` rows 0-15), (0-15, 16-31),
+/// (16-31, 0-15), (16-31, 16-31), each row-major by `w` row.
+///
+/// Each entry is a chain of `k` f32 multiply-adds rounded to nearest even, products exact;
+/// subnormal inputs count as zero and subnormal sums are flushed.
+///
+/// # Safety
+/// A [`Tiles`] lives on this thread; `w` holds 32 rows and `x` two packed groups of `k`
+/// halves each (`k` a positive multiple of 32); `c` holds `4 × TILE` floats.
+pub unsafe fn product(w: *const u16, x: *const u16, k: usize, c: *mut f32) {
+    // SAFETY: the caller's; the loads read 16 rows of 64 bytes at the given strides.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{w0} + {ws}*1]",
+            "tileloadd tmm5, [{w1} + {ws}*1]",
+            "tileloadd tmm6, [{x0} + {line}*1]",
+            "tileloadd tmm7, [{x1} + {line}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {w0}, 64",
+            "add {w1}, 64",
+            "add {x0}, 1024",
+            "add {x1}, 1024",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {line}*1], tmm0",
+            "add {c}, 1024",
+            "tilestored [{c} + {line}*1], tmm1",
+            "add {c}, 1024",
+            "tilestored [{c} + {line}*1], tmm2",
+            "add {c}, 1024",
+            "tilestored [{c} + {line}*1], tmm3",
+            w0 = inout(reg) w => _,
+            w1 = inout(reg) w.add(16 * k) => _,
+            ws = in(reg) 2 * k,
+            x0 = inout(reg) x => _,
+            x1 = inout(reg) x.add(16 * k) => _,
+            line = in(reg) 64usize,
+            c = inout(reg) c => _,
+            n = inout(reg) k / STEP => _,
+            options(nostack),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small integers in bf16: every product and sum is exact, so the tiles must give the
+    /// integer dot products, each at its place.
+    #[test]
+    fn tiles_give_each_rows_dot_product_in_place() {
+        if !available() {
+            return;
+        }
+        let k = 96;
+        let bf16 = |v: i32| ((v as f32).to_bits() >> 16) as u16;
+        let w: Vec<i32> = (0..W_ROWS * k).map(|i| (i * 7 % 13) as i32 - 6).collect();
+        let x: Vec<i32> = (0..2 * X_ROWS * k)
+            .map(|i| (i * 5 % 11) as i32 - 5)
+            .collect();
+        let wh: Vec<u16> = w.iter().map(|&v| bf16(v)).collect();
+        let xh: Vec<u16> = x.iter().map(|&v| bf16(v)).collect();
+        let packed = pack(&xh, 2 * X_ROWS, k);
+        let mut c = vec![0f32; 4 * TILE];
+        for pass in 0..2 {
+            // SAFETY: `available()`; 32 rows of w, two packed groups of x, four tiles of c.
+            unsafe {
+                let _tiles = Tiles::new();
+                product(
+                    wh.as_ptr(),
+                    packed.as_ptr().add(pass * X_ROWS * k),
+                    k,
+                    c.as_mut_ptr(),
+                );
+            }
+            for (t, tile) in c.chunks_exact(TILE).enumerate() {
+                for j in 0..16 {
+                    for i in 0..16 {
+                        let (row, col) = (16 * (t / 2) + j, pass * X_ROWS + 16 * (t % 2) + i);
+                        let want: i32 = (0..k).map(|p| w[row * k + p] * x[col * k + p]).sum();
+                        assert_eq!(tile[j * 16 + i], want as f32, "w row {row}, x row {col}");
+                    }
+                }
+            }
+        }
+    }
+}
