@@ -31,7 +31,7 @@ pub(super) unsafe fn lane_sum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_hadd_ps(s, s))
 }
 
-/// A weight element the kernels read: f32, or bf16 widened (exactly) on load.
+/// A weight element the kernels read: f32, or bf16 or f16 widened (exactly) on load.
 pub trait Weight: Copy + Send + Sync {
     /// The eight values at `p`, as f32.
     ///
@@ -200,30 +200,36 @@ pub unsafe fn x_wt<W: Weight>(
 
 /// `y[i] = Σ_p xs[i][p] · w[p]` for rows `xs[i]` of `k` floats anywhere in memory, each
 /// summed in [`x_wt`]'s order (eight lanes along `p`, the lanes, then the tail), so with the
-/// same bits; four rows at a time share each load of `w`.
+/// same bits; four rows at a time share each load of `w` (`k` values of any [`Weight`]).
 ///
 /// # Safety
-/// AVX2 and FMA are present; each `xs[i]` and `w` hold `k` floats; `y` is as long as `xs`.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dots(xs: &[*const f32], w: *const f32, k: usize, y: &mut [f32]) {
+/// AVX2, FMA and F16C are present; each `xs[i]` holds `k` floats and `w` `k` values; `y` is
+/// as long as `xs`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dots<W: Weight>(xs: &[*const f32], w: *const W, k: usize, y: &mut [f32]) {
     for (xs, y) in xs.chunks(4).zip(y.chunks_mut(4)) {
         match xs.len() {
-            1 => dots_n::<1>(xs, w, k, y),
-            2 => dots_n::<2>(xs, w, k, y),
-            3 => dots_n::<3>(xs, w, k, y),
-            _ => dots_n::<4>(xs, w, k, y),
+            1 => dots_n::<W, 1>(xs, w, k, y),
+            2 => dots_n::<W, 2>(xs, w, k, y),
+            3 => dots_n::<W, 3>(xs, w, k, y),
+            _ => dots_n::<W, 4>(xs, w, k, y),
         }
     }
 }
 
 /// [`dots`] for exactly `N` rows.
 #[inline(always)]
-unsafe fn dots_n<const N: usize>(xs: &[*const f32], w: *const f32, k: usize, y: &mut [f32]) {
+unsafe fn dots_n<W: Weight, const N: usize>(
+    xs: &[*const f32],
+    w: *const W,
+    k: usize,
+    y: &mut [f32],
+) {
     let k8 = k / 8 * 8;
     let mut acc = [_mm256_setzero_ps(); N];
     let mut p = 0;
     while p < k8 {
-        let wv = _mm256_loadu_ps(w.add(p));
+        let wv = W::load8(w.add(p));
         for a in 0..N {
             acc[a] = _mm256_fmadd_ps(_mm256_loadu_ps(xs[a].add(p)), wv, acc[a]);
         }
@@ -232,7 +238,7 @@ unsafe fn dots_n<const N: usize>(xs: &[*const f32], w: *const f32, k: usize, y: 
     for a in 0..N {
         let mut s = lane_sum(acc[a]);
         for q in k8..k {
-            s += *xs[a].add(q) * *w.add(q);
+            s += *xs[a].add(q) * W::get(w.add(q));
         }
         y[a] = s;
     }

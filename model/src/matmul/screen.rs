@@ -46,8 +46,6 @@ const TILE_TOKENS: usize = 6;
 /// f32 source (which the exact values read again), the next block being fetched, and `x`
 /// (48 rows measured slower: the exact values then read from L3).
 const BLOCK: usize = 24;
-/// The most rows of `W` per block, either engine's.
-const MAX_BLOCK: usize = 32;
 /// Blocks per parallel task.
 const BLOCKS_PER_TASK: usize = 32;
 /// Floats per `vdpbf16ps` operand (32 bf16).
@@ -94,18 +92,18 @@ impl<'a> Table<'a> {
         }
     }
 
-    /// Row `j` in f32: the table's own, or widened into `wide` (`k` floats).
-    fn row<'b>(self, j: usize, k: usize, wide: &'b mut [f32]) -> &'b [f32]
-    where
-        'a: 'b,
-    {
+    /// `y[i] = xs[i] · w[j]` for rows `xs[i]` of `k` floats, as [`avx2::dots`] sums them: the
+    /// model's one-row head, bf16 rows widened exactly as they are read.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are present; each `xs[i]` holds `k` floats, row `j` exists; `y` is
+    /// as long as `xs`.
+    unsafe fn dots(self, xs: &[*const f32], j: usize, k: usize, y: &mut [f32]) {
         match self {
-            Self::F32(w) => &w[j * k..][..k],
+            Self::F32(w) => avx2::dots(xs, w[j * k..][..k].as_ptr(), k, y),
             Self::Bf16(w) => {
-                for (out, &h) in wide.iter_mut().zip(&w[j * k..][..k]) {
-                    *out = f32::from_bits(u32::from(h) << 16);
-                }
-                wide
+                let row = w[j * k..][..k].as_ptr() as *const half::bf16;
+                avx2::dots(xs, row, k, y)
             }
         }
     }
@@ -228,7 +226,7 @@ impl Engine {
         }
     }
 
-    /// Rows of `W` per block (at most [`MAX_BLOCK`]).
+    /// Rows of `W` per block.
     fn block(self) -> usize {
         match self {
             Self::Avx512 => BLOCK,
@@ -326,12 +324,11 @@ fn rank_rows_by(
             let last = (first + BLOCKS_PER_TASK).min(blocks);
             let mut out: Vec<Partial> = (0..m).map(|_| Partial::new()).collect();
             let mut wb = vec![0u16; block * k];
-            let (mut wnorm, mut dnorm) = ([0f32; MAX_BLOCK], [0f32; MAX_BLOCK]);
+            let (mut wnorm, mut dnorm) = (vec![0f32; block], vec![0f32; block]);
             let mut screened = vec![0f32; padded * block];
             // Per row of the block, the rows of x whose entries the screen left undecided.
             let mut pending: Vec<Vec<usize>> = vec![Vec::new(); block];
             let mut values = Vec::with_capacity(m);
-            let mut wide = vec![0f32; k];
             // SAFETY: `Engine::Amx` is chosen only where `amx::available()`.
             let _tiles = (engine == Engine::Amx).then(|| unsafe { amx::Tiles::new() });
             let mut tiles_out = vec![0f32; 4 * amx::TILE];
@@ -339,7 +336,7 @@ fn rank_rows_by(
                 let j0 = b * block;
                 let nb = block.min(n - j0);
                 // SAFETY: `available()`; rows `j0 .. j0 + nb` of `w` exist; `wb` holds
-                // `block × k` halves and `wnorm`, `dnorm` at least `block` floats; the
+                // `block × k` halves and `wnorm`, `dnorm` `block` floats; the
                 // products read `xb`'s (or `xt`'s) `padded` rows and the block's
                 // (zero-padded) `block` rows; the prefetched lines lie in the rows after
                 // the block; AMX's layout is loaded on this thread (`_tiles`).
@@ -413,9 +410,9 @@ fn rank_rows_by(
                     if xs.is_empty() {
                         continue;
                     }
-                    let row = w.row(j0 + t, k, &mut wide);
-                    // SAFETY: `available()` implies AVX2 and FMA; each row holds `k` floats.
-                    unsafe { avx2::dots(&xs, row.as_ptr(), k, &mut values) };
+                    // SAFETY: `available()` implies AVX2, FMA and F16C; each row of x holds
+                    // `k` floats and row `j0 + t` of `w` exists.
+                    unsafe { w.dots(&xs, j0 + t, k, &mut values) };
                     for (&r, &v) in rows_of.iter().zip(&values) {
                         out[r].above += usize::from(v > rows[r].target);
                     }
@@ -463,11 +460,9 @@ fn rank_rows_by(
 /// The f32 entry `x[r] · w[j]`, as the model's one-row head computes it.
 fn exact(x: &[f32], w: Table, k: usize, r: usize, j: usize) -> f32 {
     let mut y = [0f32];
-    let mut wide = vec![0f32; k];
-    let row = w.row(j, k, &mut wide);
-    // SAFETY: `available()` was checked by the caller (it implies AVX2 and FMA); row `r` of
-    // `x` and row `j` of `w` hold `k` floats each.
-    unsafe { avx2::dots(&[x[r * k..].as_ptr()], row.as_ptr(), k, &mut y) };
+    // SAFETY: `available()` was checked by the caller (it implies AVX2, FMA and F16C); row
+    // `r` of `x` holds `k` floats and row `j` of `w` exists.
+    unsafe { w.dots(&[x[r * k..][..k].as_ptr()], j, k, &mut y) };
     y[0]
 }
 
@@ -788,10 +783,7 @@ mod tests {
         check_table(x, m, Table::F32(w), n, k, target);
         let halves: Vec<u16> = w
             .iter()
-            .map(|v| {
-                let bits = v.to_bits();
-                ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
-            })
+            .map(|&v| half::bf16::from_f32(v).to_bits())
             .collect();
         check_table(x, m, Table::Bf16(&halves), n, k, target);
     }
@@ -811,31 +803,18 @@ mod tests {
         let expected = brute(x, m, w, n, k, target);
         for engine in engines() {
             let ranked = rank_rows_by(engine, x, m, w, n, k, target, 5).expect("k, m, target");
-            compare(x, m, w, k, &ranked, &expected);
-        }
-    }
-
-    /// `ranked` against brute force's `(target, above, top)` per row.
-    fn compare(
-        x: &[f32],
-        m: usize,
-        w: Table,
-        k: usize,
-        ranked: &[Ranked],
-        expected: &[(f32, usize, Vec<f32>)],
-    ) {
-        assert_eq!(ranked.len(), m);
-        for (r, (got, (t, above, top))) in ranked.iter().zip(expected).enumerate() {
-            let (t, above) = (*t, *above);
-            assert_eq!(got.target_logit, t, "row {r}");
-            assert_eq!(got.above, above, "row {r}");
-            let mut values: Vec<f32> = got.candidates.iter().map(|c| c.1).collect();
-            for &(id, v) in &got.candidates {
-                assert_eq!(v, exact(x, w, k, r, id as usize), "row {r} id {id}");
+            assert_eq!(ranked.len(), m);
+            for (r, (got, (t, above, top))) in ranked.iter().zip(&expected).enumerate() {
+                assert_eq!(got.target_logit, *t, "{engine:?} row {r}");
+                assert_eq!(got.above, *above, "{engine:?} row {r}");
+                let mut values: Vec<f32> = got.candidates.iter().map(|c| c.1).collect();
+                for &(id, v) in &got.candidates {
+                    assert_eq!(v, exact(x, w, k, r, id as usize), "row {r} id {id}");
+                }
+                values.sort_by(|a, b| b.total_cmp(a));
+                values.truncate(5);
+                assert_eq!(&values, top, "{engine:?} row {r}");
             }
-            values.sort_by(|a, b| b.total_cmp(a));
-            values.truncate(5);
-            assert_eq!(&values, top, "row {r}");
         }
     }
 
