@@ -34,7 +34,8 @@ impl HeadScore {
 ///
 /// # Shapes
 /// - `z`, `grad_z`: `[1, seq, heads·head_dim]` (the `HeadOut` activation and its gradient)
-/// - `o_proj`: `[hidden, heads·head_dim]` (PyTorch's `[d_out, d_in]` layout)
+/// - `o_proj`: `[hidden, heads·head_dim]` (PyTorch's `[d_out, d_in]` layout, in any
+///   precision the model keeps its weights in)
 /// - `grad_out`: `[1, seq, hidden]`, the gradient at the attention output
 pub fn layer_heads<B: Backend>(
     layer: usize,
@@ -56,8 +57,9 @@ pub fn layer_heads<B: Backend>(
             .reshape([heads]),
     )?;
     // Each head's contribution `z_h · W_o[:, h]ᵀ`, times the gradient, squared and summed
-    // over the hidden dims: in one pass over o_proj where the backend has a kernel for it,
-    // else as one 2-D product of column blocks (views, read in place) per head.
+    // over the hidden dims: in one pass over o_proj where the backend has a kernel for it
+    // (which reads a bf16 or f16 o_proj as stored), else as one 2-D product of column blocks
+    // (views, read in place) per head, in the activations' precision.
     let z = z.reshape([seq, width]);
     let grad_out = grad_out.reshape([seq, hidden]);
     let squares = match crate::model::matmul::head_squares(
@@ -68,6 +70,7 @@ pub fn layer_heads<B: Backend>(
     ) {
         Some(squares) => squares,
         None => {
+            let o_proj = crate::model::matmul::weight_as(o_proj, z.dtype());
             let per_position: Vec<Tensor<B, 2>> = (0..heads)
                 .map(|h| {
                     let columns = h * head_dim..(h + 1) * head_dim;

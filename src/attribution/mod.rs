@@ -388,15 +388,13 @@ pub fn attribute_loaded_with<B: Backend>(
 
         let mut heads = Vec::new();
         for (layer, block) in model.model.layers.iter().enumerate() {
-            let z = head_activation(layer);
-            let o_proj = o_proj_for_heads(block, z.dtype());
             heads.extend(
                 heads::layer_heads(
                     layer,
                     c.num_attention_heads,
-                    z,
+                    head_activation(layer),
                     grad_tensors[&Site::HeadOut(layer)].clone(),
-                    o_proj,
+                    block.self_attn.o_proj.weight.val().inner(),
                     grad_tensors[&Site::AttnOut(layer)].clone(),
                 )
                 .map_err(ModelError::Source)?,

@@ -50,6 +50,12 @@ pub trait Weight: Copy + Send + Sync {
     /// # Safety
     /// AVX2 and F16C are present; `p` holds a value.
     unsafe fn broadcast(p: *const Self) -> __m256;
+
+    /// The sixteen values at `p`, as f32, in a 512-bit register.
+    ///
+    /// # Safety
+    /// AVX-512 F is present; `p` holds sixteen values.
+    unsafe fn load16(p: *const Self) -> __m512;
 }
 
 impl Weight for f32 {
@@ -66,6 +72,11 @@ impl Weight for f32 {
     #[inline(always)]
     unsafe fn broadcast(p: *const f32) -> __m256 {
         _mm256_broadcast_ss(&*p)
+    }
+
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
     }
 }
 
@@ -89,6 +100,12 @@ impl Weight for half::bf16 {
         let high = _mm256_and_si256(halves, _mm256_set1_epi32(0xffff_0000u32 as i32));
         _mm256_castsi256_ps(high)
     }
+
+    #[inline(always)]
+    unsafe fn load16(p: *const half::bf16) -> __m512 {
+        let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+    }
 }
 
 impl Weight for half::f16 {
@@ -105,6 +122,11 @@ impl Weight for half::f16 {
     #[inline(always)]
     unsafe fn broadcast(p: *const half::f16) -> __m256 {
         _mm256_cvtph_ps(_mm_set1_epi16((*p).to_bits() as i16))
+    }
+
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
 }
 
