@@ -59,8 +59,8 @@ unsafe fn weighted_squares(acc: &[__m256; 4], g: *const f32) -> f32 {
 ///
 /// # Safety
 /// AVX2, FMA and F16C are present; `hd` is a multiple of [`STEP`]; `z` holds `seq` rows of
-/// `heads·hd` floats and `w` `rows` rows of `heads·hd` values; `g` is readable at `p·gs + d` for `p < seq`,
-/// `d < rows`; `out` holds `heads·seq` floats.
+/// `heads·hd` floats and `w` `rows` rows of `heads·hd` values; `g` is readable at `p·gs + d`
+/// for `p < seq`, `d < rows`; `out` holds `heads·seq` floats.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn squares<W: Weight>(
