@@ -266,6 +266,52 @@ unsafe fn dots_n<W: Weight, const N: usize>(
     }
 }
 
+/// `y[i] = Σ_p x[p] · ws[i][p]` for rows `ws[i]` of `k` values of any [`Weight`] anywhere in
+/// memory, each summed in [`x_wt`]'s order, so with the same bits; four rows at a time share
+/// each load of `x` (`k` floats).
+///
+/// # Safety
+/// AVX2, FMA and F16C are present; `x` holds `k` floats and each `ws[i]` `k` values; `y` is
+/// as long as `ws`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dots_rows<W: Weight>(x: *const f32, ws: &[*const W], k: usize, y: &mut [f32]) {
+    for (ws, y) in ws.chunks(4).zip(y.chunks_mut(4)) {
+        match ws.len() {
+            1 => rows_n::<W, 1>(x, ws, k, y),
+            2 => rows_n::<W, 2>(x, ws, k, y),
+            3 => rows_n::<W, 3>(x, ws, k, y),
+            _ => rows_n::<W, 4>(x, ws, k, y),
+        }
+    }
+}
+
+/// [`dots_rows`] for exactly `N` rows.
+#[inline(always)]
+unsafe fn rows_n<W: Weight, const N: usize>(
+    x: *const f32,
+    ws: &[*const W],
+    k: usize,
+    y: &mut [f32],
+) {
+    let k8 = k / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut p = 0;
+    while p < k8 {
+        let xv = _mm256_loadu_ps(x.add(p));
+        for a in 0..N {
+            acc[a] = _mm256_fmadd_ps(xv, W::load8(ws[a].add(p)), acc[a]);
+        }
+        p += 8;
+    }
+    for a in 0..N {
+        let mut s = lane_sum(acc[a]);
+        for q in k8..k {
+            s += *x.add(q) * W::get(ws[a].add(q));
+        }
+        y[a] = s;
+    }
+}
+
 /// `gx[a·k + p] += Σ_c g[a·gs + c] · w[c·k + p]` for `a < MR`, `c < NR`.
 #[inline(always)]
 unsafe fn axpy_tile<W: Weight, const MR: usize, const NR: usize>(
@@ -356,5 +402,51 @@ pub unsafe fn g_w<W: Weight>(
             _ => axpy_rows::<W, 4>(g.add(c), gs, m, w.add(c * k), k, gx),
         }
         c += rows;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`dots`] and [`dots_rows`] on scattered rows give the bits [`x_wt`] gives, for every
+    /// number of rows up to five and a length with a tail, on a weight stored as `W`.
+    fn same_bits<W: Weight>(to: impl Fn(f32) -> W) {
+        let (m, n, k) = (5, 5, 77);
+        let value = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 97.0;
+        let x: Vec<f32> = (0..m * k).map(value).collect();
+        let w: Vec<W> = (0..n * k).map(|i| to(value(i + 11))).collect();
+        let mut want = vec![0f32; m * n];
+        // SAFETY: `available()`; the buffers have the sizes above.
+        unsafe { x_wt(x.as_ptr(), m, w.as_ptr(), n, k, want.as_mut_ptr(), n) };
+        for rows in 1..=5 {
+            let xs: Vec<*const f32> = (0..rows).map(|a| x[a * k..].as_ptr()).collect();
+            let ws: Vec<*const W> = (0..rows).map(|c| w[c * k..].as_ptr()).collect();
+            let mut y = vec![0f32; rows];
+            // SAFETY: as above.
+            unsafe { dots(&xs, w[2 * k..].as_ptr(), k, &mut y) };
+            for a in 0..rows {
+                assert_eq!(y[a].to_bits(), want[a * n + 2].to_bits(), "dots, row {a}");
+            }
+            // SAFETY: as above.
+            unsafe { dots_rows(x[3 * k..].as_ptr(), &ws, k, &mut y) };
+            for c in 0..rows {
+                assert_eq!(
+                    y[c].to_bits(),
+                    want[3 * n + c].to_bits(),
+                    "dots_rows, row {c}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dots_of_scattered_rows_have_the_bits_of_the_product() {
+        if !available() {
+            return;
+        }
+        same_bits(|v| v);
+        same_bits(half::bf16::from_f32);
+        same_bits(half::f16::from_f32);
     }
 }
