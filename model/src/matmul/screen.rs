@@ -6,8 +6,8 @@
 //! compute-bound product (27 GFLOP there). `vdpbf16ps` does twice the multiply-adds of an f32
 //! FMA per instruction, so the screen costs about half the f32 product. CPUs with AMX (Intel
 //! Xeon from Sapphire Rapids on) screen with its tiles instead ([`amx`]): on a 2-core such VM
-//! the 1.5B model's lens took 0.09 s from an f32 table and 0.055 s from a bf16 one, instead of
-//! about 0.17 s with `vdpbf16ps`. There the table's reading from memory ([`Ahead`]), the
+//! the 1.5B model's lens took 0.084–0.09 s from an f32 table and 0.048–0.055 s from a bf16
+//! one, instead of about 0.17 s with `vdpbf16ps`. There the table's reading from memory ([`Ahead`]), the
 //! products' tile loads and the exact values' reads of `x` all compete for L2.
 //!
 //! Each screened entry `A` (bf16 operands `x̂`, `ŵ`, f32 sums) comes with a bound on its
