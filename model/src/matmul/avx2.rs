@@ -220,52 +220,6 @@ pub unsafe fn x_wt<W: Weight>(
     }
 }
 
-/// `y[i] = Σ_p xs[i][p] · w[p]` for rows `xs[i]` of `k` floats anywhere in memory, each
-/// summed in [`x_wt`]'s order (eight lanes along `p`, the lanes, then the tail), so with the
-/// same bits; four rows at a time share each load of `w` (`k` values of any [`Weight`]).
-///
-/// # Safety
-/// AVX2, FMA and F16C are present; each `xs[i]` holds `k` floats and `w` `k` values; `y` is
-/// as long as `xs`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dots<W: Weight>(xs: &[*const f32], w: *const W, k: usize, y: &mut [f32]) {
-    for (xs, y) in xs.chunks(4).zip(y.chunks_mut(4)) {
-        match xs.len() {
-            1 => dots_n::<W, 1>(xs, w, k, y),
-            2 => dots_n::<W, 2>(xs, w, k, y),
-            3 => dots_n::<W, 3>(xs, w, k, y),
-            _ => dots_n::<W, 4>(xs, w, k, y),
-        }
-    }
-}
-
-/// [`dots`] for exactly `N` rows.
-#[inline(always)]
-unsafe fn dots_n<W: Weight, const N: usize>(
-    xs: &[*const f32],
-    w: *const W,
-    k: usize,
-    y: &mut [f32],
-) {
-    let k8 = k / 8 * 8;
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut p = 0;
-    while p < k8 {
-        let wv = W::load8(w.add(p));
-        for a in 0..N {
-            acc[a] = _mm256_fmadd_ps(_mm256_loadu_ps(xs[a].add(p)), wv, acc[a]);
-        }
-        p += 8;
-    }
-    for a in 0..N {
-        let mut s = lane_sum(acc[a]);
-        for q in k8..k {
-            s += *xs[a].add(q) * W::get(w.add(q));
-        }
-        y[a] = s;
-    }
-}
-
 /// `y[i] = Σ_p x[p] · ws[i][p]` for rows `ws[i]` of `k` values of any [`Weight`] anywhere in
 /// memory, each summed in [`x_wt`]'s order, so with the same bits; four rows at a time share
 /// each load of `x` (`k` floats).
@@ -409,8 +363,8 @@ pub unsafe fn g_w<W: Weight>(
 mod tests {
     use super::*;
 
-    /// [`dots`] and [`dots_rows`] on scattered rows give the bits [`x_wt`] gives, for every
-    /// number of rows up to five and a length with a tail, on a weight stored as `W`.
+    /// [`dots_rows`] on scattered rows gives the bits [`x_wt`] gives, for every number of rows
+    /// up to five and a length with a tail, on a weight stored as `W`.
     fn same_bits<W: Weight>(to: impl Fn(f32) -> W) {
         let (m, n, k) = (5, 5, 77);
         let value = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 97.0;
@@ -420,14 +374,8 @@ mod tests {
         // SAFETY: `available()`; the buffers have the sizes above.
         unsafe { x_wt(x.as_ptr(), m, w.as_ptr(), n, k, want.as_mut_ptr(), n) };
         for rows in 1..=5 {
-            let xs: Vec<*const f32> = (0..rows).map(|a| x[a * k..].as_ptr()).collect();
             let ws: Vec<*const W> = (0..rows).map(|c| w[c * k..].as_ptr()).collect();
             let mut y = vec![0f32; rows];
-            // SAFETY: as above.
-            unsafe { dots(&xs, w[2 * k..].as_ptr(), k, &mut y) };
-            for a in 0..rows {
-                assert_eq!(y[a].to_bits(), want[a * n + 2].to_bits(), "dots, row {a}");
-            }
             // SAFETY: as above.
             unsafe { dots_rows(x[3 * k..].as_ptr(), &ws, k, &mut y) };
             for c in 0..rows {

@@ -101,22 +101,6 @@ impl<'a> Table<'a> {
         }
     }
 
-    /// `y[i] = xs[i] · w[j]` for rows `xs[i]` of `k` floats, as [`avx2::dots`] sums them: the
-    /// model's one-row head, bf16 rows widened exactly as they are read.
-    ///
-    /// # Safety
-    /// AVX2, FMA and F16C are present; each `xs[i]` holds `k` floats, row `j` exists; `y` is
-    /// as long as `xs`.
-    unsafe fn dots(self, xs: &[*const f32], j: usize, k: usize, y: &mut [f32]) {
-        match self {
-            Self::F32(w) => avx2::dots(xs, w[j * k..][..k].as_ptr(), k, y),
-            Self::Bf16(w) => {
-                let row = w[j * k..][..k].as_ptr() as *const half::bf16;
-                avx2::dots(xs, row, k, y)
-            }
-        }
-    }
-
     /// `y[i] = x · w[js[i]]` for a row `x` of `k` floats, each as [`avx2::x_wt`] sums it (the
     /// model's one-row head); four rows of the table share each read of `x`.
     ///
@@ -565,7 +549,7 @@ fn exact(x: &[f32], w: Table, k: usize, r: usize, j: usize) -> f32 {
     let mut y = [0f32];
     // SAFETY: `available()` was checked by the caller (it implies AVX2, FMA and F16C); row
     // `r` of `x` holds `k` floats and row `j` of `w` exists.
-    unsafe { w.dots(&[x[r * k..][..k].as_ptr()], j, k, &mut y) };
+    unsafe { w.dots_rows(x[r * k..][..k].as_ptr(), &[j as u32], k, &mut y) };
     y[0]
 }
 
