@@ -7,8 +7,8 @@
 //! FMA per instruction, so the screen costs about half the f32 product. CPUs with AMX (Intel
 //! Xeon from Sapphire Rapids on) screen with its tiles instead ([`amx`]): on a 2-core such VM
 //! the 1.5B model's lens took 0.084–0.09 s from an f32 table and 0.048–0.055 s from a bf16
-//! one, instead of about 0.17 s with `vdpbf16ps`. There the table's reading from memory ([`Ahead`]), the
-//! products' tile loads and the exact values' reads of `x` all compete for L2.
+//! one, instead of about 0.17 s with `vdpbf16ps`. There the table's reading from memory
+//! ([`Ahead`]), the products' tile loads and the exact values' reads all compete for L2.
 //!
 //! Each screened entry `A` (bf16 operands `x̂`, `ŵ`, f32 sums) comes with a bound on its
 //! distance from `F`, the entry [`avx2::x_wt`] computes in f32 (the model's own one-row head):
@@ -160,7 +160,7 @@ impl<'a> Table<'a> {
 
 /// Up to four row indices as pointers, without allocating.
 trait MapRows {
-    /// `f` of each index, in an array (entries past the indices repeat the first).
+    /// `f` of each index, in an array (entries past the indices repeat the last).
     fn map_rows<T: Copy>(&self, f: impl Fn(usize) -> T) -> [T; 4];
 }
 
