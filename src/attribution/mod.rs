@@ -560,7 +560,7 @@ pub(crate) fn to_vec<B: Backend, const D: usize>(
         .map_err(|e| ModelError::Source(format!("cannot read a tensor back: {e:?}")))
 }
 
-/// A layer's o_proj weight for the heads' scores, in the activations' precision `dtype` (the
+/// A layer's o_proj weight for the head→node edges, in the activations' precision `dtype` (the
 /// model may keep its linear weights in bf16 while it computes in f32, see
 /// `qwen2_burn::matmul`).
 fn o_proj_for_heads<B: Backend>(

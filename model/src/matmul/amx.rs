@@ -32,6 +32,8 @@ pub const W_ROWS: usize = 32;
 pub const X_ROWS: usize = 32;
 /// Values along `k` per tile step (a 64-byte tile row of bf16).
 pub const STEP: usize = 32;
+/// Halves of one packed `B` tile of `x` (16 rows' worth of one step).
+const X_TILE: usize = 16 * STEP;
 /// Floats in one 16 × 16 result tile.
 pub const TILE: usize = 256;
 
@@ -157,26 +159,11 @@ pub unsafe fn product(w: *const u16, x: *const u16, k: usize, c: *mut f32) {
             line = in(reg) 64usize,
             options(nostack, readonly),
         );
-        for s in 1..=steps {
+        for s in 1..steps {
             if s + AHEAD < steps {
                 let f = s + AHEAD;
-                fetch(
-                    w.add(f * STEP),
-                    ws,
-                    w1.add(f * STEP),
-                    x.add(f * 512),
-                    x1.add(f * 512),
-                );
-            }
-            if s == steps {
-                asm!(
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    options(nostack, nomem),
-                );
-                break;
+                let (wf, xf) = (f * STEP, f * X_TILE);
+                fetch(w.add(wf), ws, w1.add(wf), x.add(xf), x1.add(xf));
             }
             // Step s − 1's products, each operand's register reloaded with step s's tile
             // as soon as its last product has read it.
@@ -192,12 +179,20 @@ pub unsafe fn product(w: *const u16, x: *const u16, k: usize, c: *mut f32) {
                 w0 = in(reg) w.add(s * STEP),
                 w1 = in(reg) w1.add(s * STEP),
                 ws = in(reg) ws,
-                x0 = in(reg) x.add(s * 512),
-                x1 = in(reg) x1.add(s * 512),
+                x0 = in(reg) x.add(s * X_TILE),
+                x1 = in(reg) x1.add(s * X_TILE),
                 line = in(reg) 64usize,
                 options(nostack, readonly),
             );
         }
+        // The last step's products.
+        asm!(
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            options(nostack, nomem),
+        );
         asm!(
             "tilestored [{c} + {line}*1], tmm0",
             "add {c}, 1024",

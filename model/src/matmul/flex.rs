@@ -149,12 +149,9 @@ pub(super) fn head_squares<B: Backend>(
         let per = hidden
             .div_ceil(4 * rayon::current_num_threads().max(1))
             .max(1);
-        // The 512-bit kernel where the CPU has it and the heads are whole 512-bit steps.
-        let wide = heads::wide_available() && hd.is_multiple_of(heads::WIDE_STEP);
         let sum = par_range_sums(hidden, per, heads * seq, |d0, rows, out| {
-            // SAFETY: `available()` (and `wide_available()` for the wide kernel, whose `hd`
-            // is a multiple of its step); `z` is `seq × width`, rows `d0 .. d0 + rows` of
-            // `w` exist, `g` is `seq × hidden` read at `p·hidden + d0 + d`, and `out` holds
+            // SAFETY: `available()`; `z` is `seq × width`, rows `d0 .. d0 + rows` of `w`
+            // exist, `g` is `seq × hidden` read at `p·hidden + d0 + d`, and `out` holds
             // `heads × seq`.
             unsafe {
                 let (z, g) = (z.as_ptr(), g.as_ptr().add(d0));
@@ -163,16 +160,16 @@ pub(super) fn head_squares<B: Backend>(
                     DType::BF16 => {
                         let w = super::flex_half::bits(&weight)[d0 * width..].as_ptr();
                         let w = w as *const half::bf16;
-                        head_squares_rows(wide, z, seq, head, w, rows, g, hidden, out)
+                        heads::squares(z, seq, head, w, rows, g, hidden, out)
                     }
                     DType::F16 => {
                         let w = super::flex_half::bits(&weight)[d0 * width..].as_ptr();
                         let w = w as *const half::f16;
-                        head_squares_rows(wide, z, seq, head, w, rows, g, hidden, out)
+                        heads::squares(z, seq, head, w, rows, g, hidden, out)
                     }
                     _ => {
                         let w = elems(&weight)[d0 * width..].as_ptr();
-                        head_squares_rows(wide, z, seq, head, w, rows, g, hidden, out)
+                        heads::squares(z, seq, head, w, rows, g, hidden, out)
                     }
                 }
             };
@@ -183,29 +180,6 @@ pub(super) fn head_squares<B: Backend>(
     {
         let _ = (z, g, heads, weight);
         None
-    }
-}
-
-/// [`heads::squares_wide`] where `wide`, else [`heads::squares`].
-///
-/// # Safety
-/// As the kernel's.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn head_squares_rows<W: avx2::Weight>(
-    wide: bool,
-    z: *const f32,
-    seq: usize,
-    head: (usize, usize),
-    w: *const W,
-    rows: usize,
-    g: *const f32,
-    gs: usize,
-    out: &mut [f32],
-) {
-    match wide {
-        true => heads::squares_wide(z, seq, head, w, rows, g, gs, out),
-        false => heads::squares(z, seq, head, w, rows, g, gs, out),
     }
 }
 

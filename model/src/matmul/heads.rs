@@ -52,6 +52,29 @@ unsafe fn weighted_squares(acc: &[__m256; 4], g: *const f32) -> f32 {
     sum4(_mm_mul_ps(c, c))
 }
 
+/// `out[h·seq + p] += Σ_{d < rows} (z[p][h·hd ..] · w[d][h·hd ..] · g[p·gs + d])²`, by
+/// [`squares_wide`] where the CPU has AVX-512 and `hd` is a multiple of [`WIDE_STEP`], else
+/// by [`squares_narrow`].
+///
+/// # Safety
+/// As [`squares_narrow`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn squares<W: Weight>(
+    z: *const f32,
+    seq: usize,
+    head: (usize, usize),
+    w: *const W,
+    rows: usize,
+    g: *const f32,
+    gs: usize,
+    out: &mut [f32],
+) {
+    match wide_available() && head.1.is_multiple_of(WIDE_STEP) {
+        true => squares_wide(z, seq, head, w, rows, g, gs, out),
+        false => squares_narrow(z, seq, head, w, rows, g, gs, out),
+    }
+}
+
 /// `out[h·seq + p] += Σ_{d < rows} (z[p][h·hd ..] · w[d][h·hd ..] · g[p·gs + d])²` over the
 /// `hd` columns of each of the `heads` heads, for `p < seq`. Tiles of four rows of `w` and
 /// two positions (eight sums, six loads per eight multiply-adds): a head's 4 × `hd` block
@@ -63,7 +86,7 @@ unsafe fn weighted_squares(acc: &[__m256; 4], g: *const f32) -> f32 {
 /// for `p < seq`, `d < rows`; `out` holds `heads·seq` floats.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn squares<W: Weight>(
+pub unsafe fn squares_narrow<W: Weight>(
     z: *const f32,
     seq: usize,
     (heads, hd): (usize, usize),
@@ -125,7 +148,7 @@ pub unsafe fn squares<W: Weight>(
     }
 }
 
-/// [`squares`] in 512-bit registers: tiles of four rows of `w` and up to four positions
+/// [`squares_narrow`] in 512-bit registers: tiles of four rows of `w` and up to four positions
 /// (sixteen sums, each loaded vector of `w` used by every position of the tile and each of
 /// `z` by every row), for half the instructions, and each head's block of `w` fetched
 /// [`AHEAD`] tiles ahead. On the 1.5B model at 5 tokens the heads' scores took 7 ms from a
@@ -133,7 +156,7 @@ pub unsafe fn squares<W: Weight>(
 /// from f32, whose 264 MB take 10 ms to read on that machine.
 ///
 /// # Safety
-/// [`wide_available`]; `hd` is a multiple of [`WIDE_STEP`]; otherwise as [`squares`].
+/// [`wide_available`]; `hd` is a multiple of [`WIDE_STEP`]; otherwise as [`squares_narrow`].
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn squares_wide<W: Weight>(
@@ -171,7 +194,7 @@ pub unsafe fn squares_wide<W: Weight>(
     }
     if blocked < rows {
         let w = w.add(blocked * width);
-        squares(
+        squares_narrow(
             z,
             seq,
             (heads, hd),
@@ -217,7 +240,7 @@ unsafe fn wide_tile<W: Weight, const P: usize>(
         }
     }
     for q in 0..P {
-        // Each sum's two halves added, then the four sums as `squares` takes them.
+        // Each sum's two halves added, then the four sums as `squares_narrow` takes them.
         let halves: [__m256; 4] = std::array::from_fn(|r| {
             let high = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[q][r]));
             _mm256_add_ps(_mm512_castps512_ps256(acc[q][r]), _mm256_castpd_ps(high))
@@ -242,10 +265,10 @@ mod tests {
         &mut [f32],
     );
 
-    /// [`squares`] and [`squares_wide`] on a weight stored as `W` (`to` rounds an f32 to it,
+    /// [`squares_narrow`] and [`squares_wide`] on a weight stored as `W` (`to` rounds an f32 to it,
     /// `back` widens it) against a direct f64 sum over the stored values.
     fn check<W: Weight>(to: impl Fn(f32) -> W, back: impl Fn(W) -> f32) {
-        let mut kernels: Vec<(Kernel<W>, usize, usize)> = vec![(squares::<W>, 3, 24)];
+        let mut kernels: Vec<(Kernel<W>, usize, usize)> = vec![(squares_narrow::<W>, 3, 24)];
         if wide_available() {
             // Positions as tiles of 4 + 1, 4 + 3 and 2; hd one or two 512-bit steps.
             kernels.extend([(5, 32), (7, 16), (2, 32)].map(|(seq, hd)| {
