@@ -26,11 +26,20 @@
 //! A head stored in bf16 (a hub checkpoint read in place) is screened as it is: `δw = 0`, so
 //! the bound narrows, the table streams half the bytes, and the exact values widen its rows.
 //!
+//! Most undecided entries come from a few rows of `x` (the early layers' residual stream,
+//! where the target sits among tens of thousands of close entries), and their bound is mostly
+//! `‖δx‖·‖w‖`. The products take `x` padded with zero rows to a multiple of their tile (57
+//! rows to 64 on AMX); the padding slots carry instead, for the rows with most undecided
+//! entries in a few first tasks ([`PILOT_TASKS`]), the bf16 rounding of `x − x̂`, screened
+//! with the rest and added to the row's entries, which takes `‖δx‖` out of its bound
+//! ([`bound`]). On the 1.5B model's lens this left 150k undecided entries of 210k (bf16
+//! table) and 340k of 402k (f32 table).
+//!
 //! Every function here is `unsafe` or checks [`available`] itself.
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
@@ -230,6 +239,138 @@ struct Row {
     s: f32,
 }
 
+/// Tasks that screen every row of `x` plainly and count its undecided entries, spread over
+/// the table, before the rest refine the rows that had most ([`refined_rows`]).
+const PILOT_TASKS: usize = 4;
+
+/// What every task reads of `x`: its rows in bf16 (`padded` of them, the padding zero or a
+/// refined row's remainder), AMX's packing of them, and each row's target and bound.
+struct Setup {
+    /// `x̂`: the rows, rounded to bf16, then each refined row's `x − x̂` rounded to bf16 in
+    /// its slot of the padding, then zeros.
+    xb: Vec<u16>,
+    /// `xb` as AMX `B` tiles ([`amx::pack`]; empty for the AVX-512 engine).
+    xt: Vec<u16>,
+    /// Each row's target and bound.
+    rows: Vec<Row>,
+    /// `(row, slot)`: rows screened with their remainder in a padding slot.
+    lo: Vec<(usize, usize)>,
+}
+
+impl Setup {
+    /// The rows of `x` (`m × k`) for `engine`, `padded` to its multiple, the rows `lo` names
+    /// refined.
+    fn new(
+        engine: Engine,
+        x: &[f32],
+        m: usize,
+        padded: usize,
+        k: usize,
+        targets: &[f32],
+        lo: &[(usize, usize)],
+    ) -> Self {
+        let mut xb = vec![0u16; padded * k];
+        // SAFETY: `available()`; `x` holds `m × k` floats, `xb` `padded × k ≥ m × k` halves.
+        unsafe { convert_rows(x.as_ptr(), m, k, xb.as_mut_ptr(), None) };
+        let widen = |h: u16| f32::from_bits((h as u32) << 16);
+        for &(r, slot) in lo {
+            // `x − x̂` is exact in f32 (x̂ is x rounded to fewer bits).
+            let rest: Vec<f32> = (0..k)
+                .map(|i| x[r * k + i] - widen(xb[r * k + i]))
+                .collect();
+            // SAFETY: as above; `rest` holds one row, the slot is a row of `xb`.
+            unsafe { convert_rows(rest.as_ptr(), 1, k, xb[slot * k..].as_mut_ptr(), None) };
+        }
+        let rows = (0..m)
+            .map(|r| {
+                let slot = lo.iter().find(|l| l.0 == r).map(|l| &xb[l.1 * k..][..k]);
+                bound(
+                    engine,
+                    &x[r * k..][..k],
+                    &xb[r * k..][..k],
+                    slot,
+                    targets[r],
+                )
+            })
+            .collect();
+        let xt = match engine {
+            Engine::Amx => amx::pack(&xb, padded, k),
+            Engine::Avx512 => Vec::new(),
+        };
+        Self {
+            xb,
+            xt,
+            rows,
+            lo: lo.to_vec(),
+        }
+    }
+}
+
+/// Up to `spare` rows to refine, each with its padding slot: those with most undecided
+/// entries (at least one).
+fn refined_rows(undecided: &[AtomicUsize], spare: usize) -> Vec<(usize, usize)> {
+    let m = undecided.len();
+    let mut order: Vec<(usize, usize)> = undecided
+        .iter()
+        .map(|u| u.load(Ordering::Relaxed))
+        .enumerate()
+        .filter(|&(_, u)| u > 0)
+        .collect();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    order
+        .into_iter()
+        .take(spare)
+        .enumerate()
+        .map(|(i, (r, _))| (r, m + i))
+        .collect()
+}
+
+/// A row's target and the constants of its bound `|A − F| ≤ p·‖w‖ + q·‖δw‖ + s` (see the
+/// module docs), from the row `x` (f32), its bf16 rounding `hi` and, for a refined row, the
+/// bf16 rounding `lo` of `x − hi`, screened as a second product and added: `A = A_hi + A_lo`.
+///
+/// With `x̃ = hi + lo` (`hi` alone when plain), `δx = x − x̃`, `t = ‖hi‖ + ‖lo‖` and
+/// `c = γ_A + u(1 + γ_A)` (`u = 2⁻²⁴`, the sum's rounding; 0 when plain): the products'
+/// chains err by at most `c·t·‖ŵ‖ ≤ c·t·(‖w‖ + ‖δw‖)`, the operands by `‖δx‖·‖w‖ + ‖x̃‖·‖δw‖`,
+/// and `F` by `γ_F·‖x‖·‖w‖`.
+fn bound(engine: Engine, x: &[f32], hi: &[u16], lo: Option<&[u16]>, target: f32) -> Row {
+    let k = x.len();
+    let widen = |h: u16| f32::from_bits((h as u32) << 16) as f64;
+    let (mut x2, mut hi2, mut lo2, mut xt2, mut d2) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for i in 0..k {
+        let (v, h) = (x[i] as f64, widen(hi[i]));
+        let l = lo.map_or(0.0, |lo| widen(lo[i]));
+        x2 += v * v;
+        hi2 += h * h;
+        lo2 += l * l;
+        xt2 += (h + l) * (h + l);
+        d2 += (v - h - l) * (v - h - l);
+    }
+    let (xn, t, xtn, dn) = (x2.sqrt(), hi2.sqrt() + lo2.sqrt(), xt2.sqrt(), d2.sqrt());
+    // γ_A: the screen's longest chain; γ_F the longest any f32 dot product of length k can
+    // have.
+    let (ga, gf) = (gamma(engine.chain(k)), gamma(k));
+    let c = match lo {
+        Some(_) => ga + f64::powi(2.0, -24) * (1.0 + ga),
+        None => ga,
+    };
+    // Flushed subnormals: at most 2⁻¹²⁶ per product and per sum of each chain, scaled by the
+    // other operand's norm; the norms' rounding and the f32 comparisons: 0.1% and 2⁻¹⁸·t per
+    // unit of ‖w‖.
+    let chains = if lo.is_some() { 2.0 } else { 1.0 };
+    let tiny = chains * k as f64 * f64::powi(2.0, -125);
+    let safety = 1.001;
+    let p = (dn + c * t + gf * xn + tiny + f64::powi(2.0, -18) * t) * safety;
+    let q = (c * t + xtn + f64::powi(2.0, -18) * t) * safety;
+    let s = tiny * (t + 1.0) * safety;
+    Row {
+        target,
+        p: p as f32 * (1.0 + 1e-6),
+        q: q as f32 * (1.0 + 1e-6),
+        s: s as f32 * (1.0 + 1e-6),
+    }
+}
+
 /// One row's running result within a task.
 struct Partial {
     /// Entries known to exceed the target's.
@@ -281,7 +422,29 @@ pub fn rank_rows(
     if !available() {
         return None;
     }
-    rank_rows_by(Engine::best(), x, m, w, n, k, target, top)
+    rank_rows_by(Plan::best(), x, m, w, n, k, target, top)
+}
+
+/// How the screen shares out its work.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// The product that screens.
+    engine: Engine,
+    /// Blocks of `W` per parallel task.
+    per_task: usize,
+    /// Tasks that screen every row plainly first ([`PILOT_TASKS`]).
+    pilot: usize,
+}
+
+impl Plan {
+    /// The best engine, [`BLOCKS_PER_TASK`] and [`PILOT_TASKS`].
+    fn best() -> Self {
+        Self {
+            engine: Engine::best(),
+            per_task: BLOCKS_PER_TASK,
+            pilot: PILOT_TASKS,
+        }
+    }
 }
 
 /// Which product screens the entries.
@@ -339,10 +502,10 @@ impl Engine {
     }
 }
 
-/// [`rank_rows`] with the given engine (which the caller has checked is available).
+/// [`rank_rows`] by the given plan (whose engine the caller has checked is available).
 #[allow(clippy::too_many_arguments)]
 fn rank_rows_by(
-    engine: Engine,
+    plan: Plan,
     x: &[f32],
     m: usize,
     w: Table,
@@ -355,160 +518,149 @@ fn rank_rows_by(
         return None;
     }
     assert!(x.len() >= m * k && w.len() >= n * k);
+    let engine = plan.engine;
     let padded = m.next_multiple_of(engine.x_rows());
-    let mut xb = vec![0u16; padded * k];
-    // SAFETY: `available()`; `x` holds `m × k` floats, `xb` `padded × k ≥ m × k` halves.
-    unsafe { convert_rows(x.as_ptr(), m, k, xb.as_mut_ptr(), None) };
-    let rows: Vec<Row> = (0..m)
-        .map(|r| {
-            let row = &x[r * k..][..k];
-            let halves = &xb[r * k..][..k];
-            let (mut x2, mut xb2, mut d2) = (0f64, 0f64, 0f64);
-            for (&v, &h) in row.iter().zip(halves) {
-                let b = f32::from_bits((h as u32) << 16) as f64;
-                x2 += (v as f64) * (v as f64);
-                xb2 += b * b;
-                d2 += (v as f64 - b) * (v as f64 - b);
-            }
-            let (xn, xbn, dn) = (x2.sqrt(), xb2.sqrt(), d2.sqrt());
-            // γ_A: the screen's longest chain; γ_F the longest any f32 dot product of
-            // length k can have.
-            let (ga, gf) = (gamma(engine.chain(k)), gamma(k));
-            // Flushed subnormals: at most 2⁻¹²⁶ per product and per sum, scaled by the
-            // other operand's norm; the norms' rounding and the f32 comparisons: 0.1% and
-            // 2⁻¹⁸·‖x̂‖ per unit of ‖w‖.
-            let tiny = k as f64 * f64::powi(2.0, -125);
-            let safety = 1.001;
-            let p = (dn + ga * xbn + gf * xn + tiny + f64::powi(2.0, -18) * xbn) * safety;
-            let q = ((1.0 + ga) * xbn + f64::powi(2.0, -18) * xbn) * safety;
-            let s = tiny * (xbn + 1.0) * safety;
-            Row {
-                target: exact(x, w, k, r, target),
-                p: p as f32 * (1.0 + 1e-6),
-                q: q as f32 * (1.0 + 1e-6),
-                s: s as f32 * (1.0 + 1e-6),
-            }
-        })
-        .collect();
-
-    // The AMX tiles take x's rows as pairs side by side.
-    let xt = match engine {
-        Engine::Amx => amx::pack(&xb, padded, k),
-        Engine::Avx512 => Vec::new(),
-    };
+    let targets: Vec<f32> = (0..m).map(|r| exact(x, w, k, r, target)).collect();
     let block = engine.block();
     // Per row, the highest `top`-th lower bound any task has found: a bar for all of them.
     let bars: Vec<AtomicU32> = (0..m)
         .map(|_| AtomicU32::new(to_ordered(f32::NEG_INFINITY)))
         .collect();
     let blocks = n.div_ceil(block);
-    let tasks = blocks.div_ceil(BLOCKS_PER_TASK);
-    let partials: Vec<Vec<Partial>> = (0..tasks)
-        .into_par_iter()
-        .map(|task| {
-            let first = task * BLOCKS_PER_TASK;
-            let last = (first + BLOCKS_PER_TASK).min(blocks);
-            let mut out: Vec<Partial> = (0..m).map(|_| Partial::new()).collect();
-            let mut wb = vec![0u16; block * k];
-            let (mut wnorm, mut dnorm) = (vec![0f32; block], vec![0f32; block]);
-            let mut screened = vec![0f32; padded * block];
-            // Per row of x, the rows of W (of the group's blocks) whose entries the screen
-            // left undecided.
-            let mut pending: Vec<Vec<u32>> = vec![Vec::new(); m];
-            let mut values = Vec::with_capacity(m);
-            // SAFETY: `Engine::Amx` is chosen only where `amx::available()`.
-            let _tiles = (engine == Engine::Amx).then(|| unsafe { amx::Tiles::new() });
-            let mut tiles_out = vec![0f32; 4 * amx::TILE];
-            for b in first..last {
-                let j0 = b * block;
-                let nb = block.min(n - j0);
-                // The next block's rows, fetched from memory while this one is
-                // multiplied, classified and given its exact values.
-                let products = match engine {
-                    Engine::Avx512 => nb.div_ceil(TILE_TOKENS) * (padded / TILE_ROWS),
-                    Engine::Amx => padded / amx::X_ROWS,
-                };
-                // The group's exact values after its last block.
-                let exact = (b + 1 - first).is_multiple_of(GROUP) || b + 1 == last;
-                let steps =
-                    products * engine.product_steps() + m + usize::from(exact) * m * EXACT_STEPS;
-                let lines = block.min(n - j0 - nb) * k * w.width() / 64;
-                let mut ahead = Ahead::new(w.row_ptr(j0 + nb, k), lines, steps);
-                // SAFETY: `available()`; rows `j0 .. j0 + nb` of `w` exist; `wb` holds
-                // `block × k` halves (as do the block's rows where the products read them)
-                // and `wnorm`, `dnorm` `block` floats; the products read `xb`'s (or `xt`'s)
-                // `padded` rows and the block's (zero-padded) `block` rows; the prefetched
-                // lines lie in the rows after the block, in the table; AMX's layout is
-                // loaded on this thread (`_tiles`).
-                unsafe {
-                    let wb = w.screen_rows(j0, nb, k, &mut wb, (&mut wnorm, &mut dnorm));
-                    let mut fetch = || ahead.step(engine.product_steps());
-                    match engine {
-                        Engine::Avx512 => {
-                            for t0 in (0..nb).step_by(TILE_TOKENS) {
-                                for r0 in (0..padded).step_by(TILE_ROWS) {
-                                    fetch();
-                                    tile(
-                                        xb.as_ptr().add(r0 * k),
-                                        wb.add(t0 * k),
-                                        k,
-                                        screened.as_mut_ptr().add(r0 * block + t0),
-                                        block,
-                                    );
-                                }
-                            }
-                        }
-                        Engine::Amx => {
-                            for r0 in (0..padded).step_by(amx::X_ROWS) {
+    let tasks = blocks.div_ceil(plan.per_task);
+    // Undecided entries per row of x, counted in the first tasks (a few spread over the
+    // table), which screen every row plainly; the rest refine the rows that had most.
+    let undecided: Vec<AtomicUsize> = (0..m).map(|_| AtomicUsize::new(0)).collect();
+    let pilot = plan.pilot.clamp(1, tasks);
+    let first_tasks: Vec<usize> = (0..pilot).map(|i| i * tasks / pilot).collect();
+    let plain = Setup::new(engine, x, m, padded, k, &targets, &[]);
+    // One task: `count`s its rows' undecided entries into `undecided` when asked.
+    let run_task = |setup: &Setup, task: usize, count: bool| -> Vec<Partial> {
+        let (xb, xt, rows) = (&setup.xb, &setup.xt, &setup.rows);
+        let screened_rows = m + setup.lo.len();
+        let mut counts = vec![0; m];
+        let first = task * plan.per_task;
+        let last = (first + plan.per_task).min(blocks);
+        let mut out: Vec<Partial> = (0..m).map(|_| Partial::new()).collect();
+        let mut wb = vec![0u16; block * k];
+        let (mut wnorm, mut dnorm) = (vec![0f32; block], vec![0f32; block]);
+        let mut screened = vec![0f32; padded * block];
+        // Per row of x, the rows of W (of the group's blocks) whose entries the screen
+        // left undecided.
+        let mut pending: Vec<Vec<u32>> = vec![Vec::new(); m];
+        let mut values = Vec::with_capacity(m);
+        // SAFETY: `Engine::Amx` is chosen only where `amx::available()`.
+        let _tiles = (engine == Engine::Amx).then(|| unsafe { amx::Tiles::new() });
+        let mut tiles_out = vec![0f32; 4 * amx::TILE];
+        for b in first..last {
+            let j0 = b * block;
+            let nb = block.min(n - j0);
+            // The next block's rows, fetched from memory while this one is
+            // multiplied, classified and given its exact values.
+            let products = match engine {
+                Engine::Avx512 => nb.div_ceil(TILE_TOKENS) * (padded / TILE_ROWS),
+                Engine::Amx => padded / amx::X_ROWS,
+            };
+            // The group's exact values after its last block.
+            let exact = (b + 1 - first).is_multiple_of(GROUP) || b + 1 == last;
+            let steps =
+                products * engine.product_steps() + m + usize::from(exact) * m * EXACT_STEPS;
+            let lines = block.min(n - j0 - nb) * k * w.width() / 64;
+            let mut ahead = Ahead::new(w.row_ptr(j0 + nb, k), lines, steps);
+            // SAFETY: `available()`; rows `j0 .. j0 + nb` of `w` exist; `wb` holds
+            // `block × k` halves (as do the block's rows where the products read them)
+            // and `wnorm`, `dnorm` `block` floats; the products read `xb`'s (or `xt`'s)
+            // `padded` rows and the block's (zero-padded) `block` rows; the prefetched
+            // lines lie in the rows after the block, in the table; AMX's layout is
+            // loaded on this thread (`_tiles`).
+            unsafe {
+                let wb = w.screen_rows(j0, nb, k, &mut wb, (&mut wnorm, &mut dnorm));
+                let mut fetch = || ahead.step(engine.product_steps());
+                match engine {
+                    Engine::Avx512 => {
+                        for t0 in (0..nb).step_by(TILE_TOKENS) {
+                            for r0 in (0..padded).step_by(TILE_ROWS) {
                                 fetch();
-                                amx::product(
-                                    wb,
-                                    xt.as_ptr().add(r0 * k),
+                                tile(
+                                    xb.as_ptr().add(r0 * k),
+                                    wb.add(t0 * k),
                                     k,
-                                    tiles_out.as_mut_ptr(),
+                                    screened.as_mut_ptr().add(r0 * block + t0),
+                                    block,
                                 );
-                                untile(&tiles_out, r0, m, &mut screened);
                             }
                         }
                     }
-                }
-                for (r, (row, part)) in rows.iter().zip(&mut out).enumerate() {
-                    // SAFETY: `available()`; the slices hold the block's `nb` columns; the
-                    // prefetched lines lie in the table.
-                    unsafe {
-                        ahead.step(1);
-                        classify(
-                            row,
-                            &screened[r * block..][..nb],
-                            (&wnorm[..nb], &dnorm[..nb]),
-                            j0,
-                            (part, &bars[r]),
-                            &mut pending[r],
-                            top,
-                        )
-                    };
-                }
-                // The undecided entries' exact values, row of x by row, several rows of W
-                // per read of it.
-                for (r, js) in pending.iter_mut().enumerate().filter(|_| exact) {
-                    // SAFETY: the prefetched lines lie in the table.
-                    unsafe { ahead.step(EXACT_STEPS) };
-                    if js.is_empty() {
-                        continue;
+                    Engine::Amx => {
+                        for r0 in (0..padded).step_by(amx::X_ROWS) {
+                            fetch();
+                            amx::product(wb, xt.as_ptr().add(r0 * k), k, tiles_out.as_mut_ptr());
+                            untile(&tiles_out, r0, screened_rows, &mut screened);
+                        }
                     }
-                    values.resize(js.len(), 0.0);
-                    // SAFETY: `available()` implies AVX2, FMA and F16C; row `r` of x holds
-                    // `k` floats and the rows `js` of `w` exist.
-                    unsafe { w.dots_rows(x[r * k..].as_ptr(), js, k, &mut values) };
-                    out[r].above += values.iter().filter(|&&v| v > rows[r].target).count();
-                    js.clear();
                 }
-                // SAFETY: as above.
-                unsafe { ahead.step(usize::MAX) };
             }
-            out
-        })
+            // A refined row's entries: the sum of its two products.
+            for &(r, slot) in &setup.lo {
+                let (head, tail) = screened.split_at_mut(slot * block);
+                for (a, b) in head[r * block..][..nb].iter_mut().zip(&tail[..nb]) {
+                    *a += *b;
+                }
+            }
+            for (r, (row, part)) in rows.iter().zip(&mut out).enumerate() {
+                // SAFETY: `available()`; the slices hold the block's `nb` columns; the
+                // prefetched lines lie in the table.
+                unsafe {
+                    ahead.step(1);
+                    classify(
+                        row,
+                        &screened[r * block..][..nb],
+                        (&wnorm[..nb], &dnorm[..nb]),
+                        j0,
+                        (part, &bars[r]),
+                        &mut pending[r],
+                        top,
+                    )
+                };
+            }
+            // The undecided entries' exact values, row of x by row, several rows of W
+            // per read of it.
+            for (r, js) in pending.iter_mut().enumerate().filter(|_| exact) {
+                // SAFETY: the prefetched lines lie in the table.
+                unsafe { ahead.step(EXACT_STEPS) };
+                if js.is_empty() {
+                    continue;
+                }
+                values.resize(js.len(), 0.0);
+                counts[r] += js.len();
+                // SAFETY: `available()` implies AVX2, FMA and F16C; row `r` of x holds
+                // `k` floats and the rows `js` of `w` exist.
+                unsafe { w.dots_rows(x[r * k..].as_ptr(), js, k, &mut values) };
+                out[r].above += values.iter().filter(|&&v| v > rows[r].target).count();
+                js.clear();
+            }
+            // SAFETY: as above.
+            unsafe { ahead.step(usize::MAX) };
+        }
+        if count {
+            for (total, c) in undecided.iter().zip(counts) {
+                total.fetch_add(c, Ordering::Relaxed);
+            }
+        }
+        out
+    };
+    let mut partials: Vec<Vec<Partial>> = first_tasks
+        .par_iter()
+        .map(|&task| run_task(&plain, task, true))
         .collect();
+    let lo = refined_rows(&undecided, padded - m);
+    let refined = Setup::new(engine, x, m, padded, k, &targets, &lo);
+    let rest: Vec<usize> = (0..tasks).filter(|t| !first_tasks.contains(t)).collect();
+    partials.extend(
+        rest.par_iter()
+            .map(|&task| run_task(&refined, task, false))
+            .collect::<Vec<_>>(),
+    );
 
     // Merged: the tasks' counts add up, their lower bounds give the row's `top`-th highest
     // over all tasks, and a candidate stays if its upper bound reaches that bar (it then
@@ -525,9 +677,9 @@ fn rank_rows_by(
     }
     let ranked: Vec<Ranked> = merged
         .into_iter()
-        .zip(&rows)
+        .zip(&targets)
         .enumerate()
-        .map(|(r, (part, row))| {
+        .map(|(r, (part, &target_logit))| {
             let candidates = part
                 .candidates
                 .into_iter()
@@ -535,7 +687,7 @@ fn rank_rows_by(
                 .map(|(id, _)| (id, exact(x, w, k, r, id as usize)))
                 .collect();
             Ranked {
-                target_logit: row.target,
+                target_logit,
                 above: part.above,
                 candidates,
             }
@@ -874,32 +1026,50 @@ mod tests {
         check_table(x, m, Table::Bf16(&halves), n, k, target);
     }
 
-    /// The engines this CPU has.
-    fn engines() -> Vec<Engine> {
-        let mut all = vec![Engine::Avx512];
+    /// The engines this CPU has, each with the production split of the work and with one
+    /// block per task and a single plain task (so that nearly every block is screened with
+    /// the rows refined).
+    fn plans() -> Vec<Plan> {
+        let mut engines = vec![Engine::Avx512];
         if amx::available() {
-            all.push(Engine::Amx);
+            engines.push(Engine::Amx);
         }
-        all
+        engines
+            .into_iter()
+            .flat_map(|engine| {
+                [
+                    Plan {
+                        engine,
+                        per_task: BLOCKS_PER_TASK,
+                        pilot: PILOT_TASKS,
+                    },
+                    Plan {
+                        engine,
+                        per_task: 1,
+                        pilot: 1,
+                    },
+                ]
+            })
+            .collect()
     }
 
     /// The screen's results equal brute force, by each engine this CPU has: the target's
     /// entry, the count above it, and the five highest entries found among the candidates.
     fn check_table(x: &[f32], m: usize, w: Table, n: usize, k: usize, target: usize) {
         let expected = brute(x, m, w, n, k, target);
-        for engine in engines() {
-            let ranked = rank_rows_by(engine, x, m, w, n, k, target, 5).expect("k, m, target");
+        for plan in plans() {
+            let ranked = rank_rows_by(plan, x, m, w, n, k, target, 5).expect("k, m, target");
             assert_eq!(ranked.len(), m);
             for (r, (got, (t, above, top))) in ranked.iter().zip(&expected).enumerate() {
-                assert_eq!(got.target_logit, *t, "{engine:?} row {r}");
-                assert_eq!(got.above, *above, "{engine:?} row {r}");
+                assert_eq!(got.target_logit, *t, "{plan:?} row {r}");
+                assert_eq!(got.above, *above, "{plan:?} row {r}");
                 let mut values: Vec<f32> = got.candidates.iter().map(|c| c.1).collect();
                 for &(id, v) in &got.candidates {
                     assert_eq!(v, exact(x, w, k, r, id as usize), "row {r} id {id}");
                 }
                 values.sort_by(|a, b| b.total_cmp(a));
                 values.truncate(5);
-                assert_eq!(&values, top, "{engine:?} row {r}");
+                assert_eq!(&values, top, "{plan:?} row {r}");
             }
         }
     }
@@ -1006,6 +1176,35 @@ mod tests {
             .map(|i| base[i % k] * (1.0 + 1e-5 * wiggle[i]))
             .collect();
         check(&x, m, &w, n, k, 150);
+    }
+
+    #[test]
+    fn rounding_errors_aligned_with_a_row_reach_the_bound() {
+        if !available() {
+            return;
+        }
+        // Row a of W points along x's bf16 rounding error δx, so that the screen misses
+        // x·a by nearly ‖δx‖·‖a‖ (Cauchy–Schwarz with equality); the target t is a with
+        // one value moved so that x·t lies 30% of that gap below x·a. A bound any tighter
+        // than the true error would call a "not above" the target. Every row of W is
+        // exactly bf16.
+        let k = 64;
+        let bf = |v: f32| half::bf16::from_f32(v).to_f32();
+        let x: Vec<f32> = noise(8, k).iter().map(|v| v * 3.0 + 0.1).collect();
+        let dx: Vec<f32> = x.iter().map(|&v| v - bf(v)).collect();
+        let a: Vec<f32> = dx.iter().map(|&d| bf(d * 4096.0)).collect();
+        let gap: f64 = dx.iter().zip(&a).map(|(&d, &w)| d as f64 * w as f64).sum();
+        let i0 = (0..k)
+            .max_by(|&i, &j| x[i].abs().total_cmp(&x[j].abs()))
+            .unwrap();
+        let mut t = a.clone();
+        t[i0] = bf(a[i0] - (0.3 * gap / x[i0] as f64) as f32);
+        let filler = noise(9, 30 * k);
+        let mut w: Vec<f32> = filler.iter().map(|&v| bf(v * 0.01)).collect();
+        w.extend(&a);
+        w.extend(&t);
+        let n = w.len() / k;
+        check(&x, 1, &w, n, k, n - 1);
     }
 
     #[test]
