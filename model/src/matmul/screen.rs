@@ -474,7 +474,8 @@ impl Engine {
         }
     }
 
-    /// Rows of `x` per product: `x` is padded with zero rows to a multiple.
+    /// Rows of `x` per product: `x` is padded to a multiple (with zero rows, or refined rows'
+    /// remainders: [`Setup`]).
     fn x_rows(self) -> usize {
         match self {
             Self::Avx512 => TILE_ROWS,
