@@ -1,0 +1,173 @@
+//! The rows of `W` the screen reads ([`Table`]): rounded to bf16 a block at a time with the
+//! norms its bound takes, and read again in f32 for the exact values.
+
+use std::arch::x86_64::*;
+
+use super::super::avx2;
+use super::CHUNK;
+
+/// The rows of `W` (`n × k`, row-major) the screen reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Table<'a> {
+    /// f32 values, rounded to bf16 a block at a time.
+    F32(&'a [f32]),
+    /// bf16 values (their bits), screened as they are and widened for the exact values.
+    Bf16(&'a [u16]),
+}
+
+impl<'a> Table<'a> {
+    /// Values held.
+    pub(super) fn len(self) -> usize {
+        match self {
+            Self::F32(w) => w.len(),
+            Self::Bf16(w) => w.len(),
+        }
+    }
+
+    /// The address of row `j` of `k` values.
+    pub(super) fn row_ptr(self, j: usize, k: usize) -> *const u8 {
+        match self {
+            Self::F32(w) => w[j * k..].as_ptr() as *const u8,
+            Self::Bf16(w) => w[j * k..].as_ptr() as *const u8,
+        }
+    }
+
+    /// Bytes per value.
+    pub(super) fn width(self) -> usize {
+        match self {
+            Self::F32(_) => 4,
+            Self::Bf16(_) => 2,
+        }
+    }
+
+    /// `y[i] = x · w[js[i]]` for a row `x` of `k` floats, each as [`avx2::x_wt`] sums it (the
+    /// model's one-row head); four rows of the table share each read of `x`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are present; `x` holds `k` floats, the rows `js` exist; `y` is as
+    /// long as `js`.
+    pub(super) unsafe fn dots_rows(self, x: *const f32, js: &[u32], k: usize, y: &mut [f32]) {
+        for (js, y) in js.chunks(4).zip(y.chunks_mut(4)) {
+            match self {
+                Self::F32(w) => {
+                    let ws = js.map_rows(|j| w[j * k..].as_ptr());
+                    avx2::dots_rows(x, &ws[..js.len()], k, y)
+                }
+                Self::Bf16(w) => {
+                    let ws = js.map_rows(|j| w[j * k..].as_ptr() as *const half::bf16);
+                    avx2::dots_rows(x, &ws[..js.len()], k, y)
+                }
+            }
+        }
+    }
+
+    /// Rows `j0 .. j0 + rows` in bf16, zero rows after them to fill `dst`'s length, with each
+    /// row's `‖w‖` and `‖w − ŵ‖`: where the products read them (a whole block of a bf16
+    /// table in place, else `dst`).
+    ///
+    /// # Safety
+    /// AVX-512 F and BF16 are present; the rows exist, `dst` holds at least `rows × k` halves
+    /// and the norms `rows` floats each; `k` is a multiple of 32.
+    pub(super) unsafe fn screen_rows(
+        self,
+        j0: usize,
+        rows: usize,
+        k: usize,
+        dst: &mut [u16],
+        norms: (&mut [f32], &mut [f32]),
+    ) -> *const u16 {
+        let at = match self {
+            Self::F32(w) => {
+                convert_rows(w[j0 * k..].as_ptr(), rows, k, dst.as_mut_ptr(), Some(norms));
+                dst.as_ptr()
+            }
+            Self::Bf16(w) => {
+                let block = &w[j0 * k..][..rows * k];
+                bf16_norms(block.as_ptr(), rows, k, norms.0);
+                norms.1[..rows].fill(0.0);
+                if rows * k == dst.len() {
+                    return block.as_ptr();
+                }
+                dst[..rows * k].copy_from_slice(block);
+                dst.as_ptr()
+            }
+        };
+        dst[rows * k..].fill(0);
+        at
+    }
+}
+
+/// Up to four row indices as pointers, without allocating.
+trait MapRows {
+    /// `f` of each index, in an array (entries past the indices repeat the last).
+    fn map_rows<T: Copy>(&self, f: impl Fn(usize) -> T) -> [T; 4];
+}
+
+impl MapRows for [u32] {
+    fn map_rows<T: Copy>(&self, f: impl Fn(usize) -> T) -> [T; 4] {
+        std::array::from_fn(|i| f(self[i.min(self.len() - 1)] as usize))
+    }
+}
+
+/// `rows` rows of `src` (`k` floats each, `k` a multiple of 32) rounded to bf16 (to nearest,
+/// ties to even) into `dst`; with `norms`, each row's `‖w‖` and `‖w − ŵ‖`.
+///
+/// # Safety
+/// AVX-512 F and BF16 are present; `src` holds `rows × k` floats, `dst` `rows × k` halves,
+/// and `norms` (if any) two slices of `rows` floats.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn convert_rows(
+    src: *const f32,
+    rows: usize,
+    k: usize,
+    dst: *mut u16,
+    mut norms: Option<(&mut [f32], &mut [f32])>,
+) {
+    for t in 0..rows {
+        let (mut sw, mut sd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for c in (0..k).step_by(CHUNK) {
+            let lo = _mm512_loadu_ps(src.add(t * k + c));
+            let hi = _mm512_loadu_ps(src.add(t * k + c + 16));
+            // The second operand fills the lower half: elements c .. c + 32 in order.
+            let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.add(t * k + c) as *mut __m512i, halves);
+            if norms.is_some() {
+                let blo = widen(_mm512_castsi512_si256(halves));
+                let bhi = widen(_mm512_extracti64x4_epi64::<1>(halves));
+                let (dlo, dhi) = (_mm512_sub_ps(lo, blo), _mm512_sub_ps(hi, bhi));
+                sw = _mm512_fmadd_ps(lo, lo, _mm512_fmadd_ps(hi, hi, sw));
+                sd = _mm512_fmadd_ps(dlo, dlo, _mm512_fmadd_ps(dhi, dhi, sd));
+            }
+        }
+        if let Some((wn, dn)) = norms.as_mut() {
+            wn[t] = _mm512_reduce_add_ps(sw).sqrt();
+            dn[t] = _mm512_reduce_add_ps(sd).sqrt();
+        }
+    }
+}
+
+/// Sixteen bf16 values (their bits) as f32, exactly: the 16 bits become the high half.
+///
+/// # Safety
+/// AVX-512 F is present.
+#[inline(always)]
+unsafe fn widen(h: __m256i) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+}
+
+/// Each of `rows` rows of bf16 values' `‖w‖` (`k` a multiple of 32), into `norms`.
+///
+/// # Safety
+/// AVX-512 F is present; `src` holds `rows × k` halves and `norms` `rows` floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn bf16_norms(src: *const u16, rows: usize, k: usize, norms: &mut [f32]) {
+    for t in 0..rows {
+        let mut sum = _mm512_setzero_ps();
+        for c in (0..k).step_by(16) {
+            let h = _mm256_loadu_si256(src.add(t * k + c) as *const __m256i);
+            let v = widen(h);
+            sum = _mm512_fmadd_ps(v, v, sum);
+        }
+        norms[t] = _mm512_reduce_add_ps(sum).sqrt();
+    }
+}
