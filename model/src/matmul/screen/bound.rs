@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use half::bf16;
+
 use super::super::amx;
 use super::table::convert_rows;
 use super::Engine;
@@ -46,51 +48,68 @@ pub(super) struct Setup {
 }
 
 impl Setup {
-    /// The rows of `x` (`m × k`) for `engine`, `padded` to its multiple, the rows `lo` names
-    /// refined.
-    pub(super) fn new(
+    /// The rows of `x` (`m × k`) for `engine`, `padded` with zero rows to its multiple.
+    pub(super) fn plain(
         engine: Engine,
         x: &[f32],
         m: usize,
         padded: usize,
         k: usize,
         targets: &[f32],
-        lo: &[(usize, usize)],
     ) -> Self {
         let mut xb = vec![0u16; padded * k];
         // SAFETY: `available()`; `x` holds `m × k` floats, `xb` `padded × k ≥ m × k` halves.
         unsafe { convert_rows(x.as_ptr(), m, k, xb.as_mut_ptr(), None) };
-        let widen = |h: u16| f32::from_bits((h as u32) << 16);
-        for &(r, slot) in lo {
-            // `x − x̂` is exact in f32 (x̂ is x rounded to fewer bits).
-            let rest: Vec<f32> = (0..k)
-                .map(|i| x[r * k + i] - widen(xb[r * k + i]))
-                .collect();
-            // SAFETY: as above; `rest` holds one row, the slot is a row of `xb`.
-            unsafe { convert_rows(rest.as_ptr(), 1, k, xb[slot * k..].as_mut_ptr(), None) };
-        }
         let rows = (0..m)
             .map(|r| {
-                let slot = lo.iter().find(|l| l.0 == r).map(|l| &xb[l.1 * k..][..k]);
                 bound(
                     engine,
                     &x[r * k..][..k],
                     &xb[r * k..][..k],
-                    slot,
+                    None,
                     targets[r],
                 )
             })
             .collect();
-        let xt = match engine {
-            Engine::Amx => amx::pack(&xb, padded, k),
-            Engine::Avx512 => Vec::new(),
-        };
+        let xt = pack(engine, &xb, padded, k);
         Self {
             xb,
             xt,
             rows,
-            lo: lo.to_vec(),
+            lo: Vec::new(),
         }
+    }
+
+    /// These rows with the rows `lo` names refined: each one's `x − x̂` in its slot, and its
+    /// bound narrowed.
+    pub(super) fn refine(
+        mut self,
+        engine: Engine,
+        x: &[f32],
+        k: usize,
+        lo: &[(usize, usize)],
+    ) -> Self {
+        for &(r, slot) in lo {
+            // `x − x̂` is exact in f32 (x̂ is x rounded to fewer bits).
+            let rest: Vec<f32> = (0..k)
+                .map(|i| x[r * k + i] - bf16::from_bits(self.xb[r * k + i]).to_f32())
+                .collect();
+            // SAFETY: `available()`; `rest` holds one row, the slot is a row of `xb`.
+            unsafe { convert_rows(rest.as_ptr(), 1, k, self.xb[slot * k..].as_mut_ptr(), None) };
+            let (hi, lo) = (&self.xb[r * k..][..k], &self.xb[slot * k..][..k]);
+            self.rows[r] = bound(engine, &x[r * k..][..k], hi, Some(lo), self.rows[r].target);
+        }
+        self.xt = pack(engine, &self.xb, self.xb.len() / k, k);
+        self.lo = lo.to_vec();
+        self
+    }
+}
+
+/// `xb` (`rows × k` halves) as AMX's `B` tiles; nothing for the AVX-512 engine.
+fn pack(engine: Engine, xb: &[u16], rows: usize, k: usize) -> Vec<u16> {
+    match engine {
+        Engine::Amx => amx::pack(xb, rows, k),
+        Engine::Avx512 => Vec::new(),
     }
 }
 
@@ -123,7 +142,7 @@ pub(super) fn refined_rows(undecided: &[AtomicUsize], spare: usize) -> Vec<(usiz
 /// and `F` by `γ_F·‖x‖·‖w‖`.
 fn bound(engine: Engine, x: &[f32], hi: &[u16], lo: Option<&[u16]>, target: f32) -> Row {
     let k = x.len();
-    let widen = |h: u16| f32::from_bits((h as u32) << 16) as f64;
+    let widen = |h: u16| bf16::from_bits(h).to_f64();
     let (mut x2, mut hi2, mut lo2, mut xt2, mut d2) = (0f64, 0f64, 0f64, 0f64, 0f64);
     for i in 0..k {
         let (v, h) = (x[i] as f64, widen(hi[i]));

@@ -253,7 +253,7 @@ fn rank_rows_by(
     let undecided: Vec<AtomicUsize> = (0..m).map(|_| AtomicUsize::new(0)).collect();
     let pilot = plan.pilot.clamp(1, tasks);
     let first_tasks: Vec<usize> = (0..pilot).map(|i| i * tasks / pilot).collect();
-    let plain = Setup::new(engine, x, m, padded, k, &targets, &[]);
+    let plain = Setup::plain(engine, x, m, padded, k, &targets);
     // One task: `count`s its rows' undecided entries into `undecided` when asked.
     let run_task = |setup: &Setup, task: usize, count: bool| -> Vec<Partial> {
         let (xb, xt, rows) = (&setup.xb, &setup.xt, &setup.rows);
@@ -374,7 +374,7 @@ fn rank_rows_by(
         .map(|&task| run_task(&plain, task, true))
         .collect();
     let lo = refined_rows(&undecided, padded - m);
-    let refined = Setup::new(engine, x, m, padded, k, &targets, &lo);
+    let refined = plain.refine(engine, x, k, &lo);
     let rest: Vec<usize> = (0..tasks).filter(|t| !first_tasks.contains(t)).collect();
     partials.extend(
         rest.par_iter()
