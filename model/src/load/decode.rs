@@ -46,6 +46,7 @@ pub(crate) fn decode_runs<E: Send>(
     let units = n / unit.values;
     assert!(units * unit.values == n && units * unit.bytes == bytes.len());
     let mut values = vec![0f32; n];
+    super::pages::advise_huge_pages_for(&mut values);
     let per_thread = units.div_ceil(threads.max(1)).max(1);
     let decode = &decode;
     std::thread::scope(|scope| {
@@ -185,6 +186,31 @@ mod tests {
         assert_eq!(threads_for(2 * VALUES_PER_THREAD), cores.min(2));
         assert_eq!(threads_for(cores * VALUES_PER_THREAD), cores);
         assert_eq!(threads_for(usize::MAX), cores);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn large_outputs_are_advised_to_use_huge_pages() {
+        use super::super::pages::{advice_is_observable, vm_flags_at};
+        if !advice_is_observable() {
+            eprintln!("skipped: no transparent huge pages, or no /proc/self/smaps to read");
+            return;
+        }
+        // 6 MiB of f32 (3 bytes per 2 values): whole 2 MiB pages inside wherever it starts.
+        let units = 3 << 18;
+        let bytes: Vec<u8> = (0..units * 3).map(|i| (i % 251 + 1) as u8).collect();
+        let unit = Unit {
+            values: 2,
+            bytes: 3,
+        };
+        let got = decode_runs(&bytes, units * 2, unit, 2, toy).unwrap();
+        let inner = (got.as_ptr() as usize).next_multiple_of(2 << 20);
+        let flags = vm_flags_at(inner).expect("the output is mapped");
+        assert!(flags.iter().any(|f| f == "hg"), "{flags:?}");
+        assert_eq!(
+            got[2 * units - 1],
+            (bytes[3 * units - 3] as f32) * (bytes[3 * units - 1] as f32)
+        );
     }
 
     #[test]

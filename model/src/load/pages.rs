@@ -1,4 +1,4 @@
-//! 2 MiB pages for weights read in place: advice to the kernel, on Linux.
+//! 2 MiB pages for weights, read in place or converted: advice to the kernel, on Linux.
 //!
 //! The 1.5B model's weights are 6 GB of f32. With 4 KiB pages, reaching all of them takes
 //! about 1.5 million page-table entries, set up by page faults the first time a process
@@ -18,6 +18,41 @@ pub(crate) fn advise_huge_pages(map: &memmap2::Mmap) {
     let _ = map.advise(memmap2::Advice::HugePage);
     #[cfg(not(target_os = "linux"))]
     let _ = map;
+}
+
+/// The size of a huge page on x86-64 and most arm64 kernels.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Asks the kernel to back the whole 2 MiB pages inside `buffer`, memory this process has
+/// allocated and not yet written, with 2 MiB pages (Linux; nothing elsewhere).
+///
+/// Converting a GGUF file's blocks or a bf16 checkpoint to f32 writes gigabytes of fresh
+/// memory: with 4 KiB pages every 4 KiB of it costs a page fault on first write, and the
+/// faults took more processor time than the conversion. Loading the 1.5B GGUF file on a
+/// 2-core VM took 2.4–3.2 s instead of 3.8–6.0 s (system time 1.7–2.6 s instead of 4.5–8.7 s).
+/// Huge pages are used only where the system leaves them to `madvise` or always uses them;
+/// the part of `buffer` outside whole 2 MiB pages keeps small ones.
+pub(crate) fn advise_huge_pages_for<T>(buffer: &mut [T]) {
+    let start = buffer.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(buffer);
+    let (first, last) = (
+        start.next_multiple_of(HUGE_PAGE),
+        end / HUGE_PAGE * HUGE_PAGE,
+    );
+    #[cfg(target_os = "linux")]
+    if last > first {
+        // SAFETY: `first .. last` lies inside `buffer`, which this process owns; the advice
+        // changes how its pages are backed, never their contents.
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (first, last);
 }
 
 /// The flags (`rd`, `mr`, `hg`, …) of the mapping that holds `address`, from
