@@ -15,6 +15,8 @@
 
 use std::arch::x86_64::*;
 
+use super::wide;
+
 /// Whether this CPU runs the kernels (checked once by the standard library, then cached):
 /// AVX2, FMA and F16C (f16 weights; every AVX2 CPU has it).
 pub fn available() -> bool {
@@ -51,6 +53,13 @@ pub trait Weight: Copy + Send + Sync {
     /// AVX2 and F16C are present; `p` holds a value.
     unsafe fn broadcast(p: *const Self) -> __m256;
 
+    /// Eight values at `a` in the low half of a 512-bit register, eight at `b` in the high
+    /// half, as f32.
+    ///
+    /// # Safety
+    /// AVX-512 F is present; `a` and `b` hold eight values each.
+    unsafe fn load_pair(a: *const Self, b: *const Self) -> __m512;
+
     /// The sixteen values at `p`, as f32, in a 512-bit register.
     ///
     /// # Safety
@@ -72,6 +81,15 @@ impl Weight for f32 {
     #[inline(always)]
     unsafe fn broadcast(p: *const f32) -> __m256 {
         _mm256_broadcast_ss(&*p)
+    }
+
+    #[inline(always)]
+    unsafe fn load_pair(a: *const f32, b: *const f32) -> __m512 {
+        let low = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(a)));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            low,
+            _mm256_castps_pd(_mm256_loadu_ps(b)),
+        ))
     }
 
     #[inline(always)]
@@ -102,6 +120,12 @@ impl Weight for half::bf16 {
     }
 
     #[inline(always)]
+    unsafe fn load_pair(a: *const half::bf16, b: *const half::bf16) -> __m512 {
+        let bits = _mm512_cvtepu16_epi32(halves_pair(a as *const __m128i, b as *const __m128i));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+    }
+
+    #[inline(always)]
     unsafe fn load16(p: *const half::bf16) -> __m512 {
         let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
@@ -125,9 +149,23 @@ impl Weight for half::f16 {
     }
 
     #[inline(always)]
+    unsafe fn load_pair(a: *const half::f16, b: *const half::f16) -> __m512 {
+        _mm512_cvtph_ps(halves_pair(a as *const __m128i, b as *const __m128i))
+    }
+
+    #[inline(always)]
     unsafe fn load16(p: *const half::f16) -> __m512 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
+}
+
+/// Eight 16-bit values at `a`, then eight at `b`.
+#[inline(always)]
+unsafe fn halves_pair(a: *const __m128i, b: *const __m128i) -> __m256i {
+    _mm256_inserti128_si256::<1>(
+        _mm256_castsi128_si256(_mm_loadu_si128(a)),
+        _mm_loadu_si128(b),
+    )
 }
 
 /// `w[c·k + p .. c·k + p + 8]` for `c < NR`: eight columns of `NR` weight rows.
@@ -194,13 +232,35 @@ unsafe fn dot_rows<W: Weight, const NR: usize>(
     }
 }
 
-/// `y[a·ys + c] = Σ_p x[a·k + p] · w[c·k + p]` for `a < m`, `c < n`: a block of `x · Wᵀ`.
+/// `y[a·ys + c] = Σ_p x[a·k + p] · w[c·k + p]` for `a < m`, `c < n`: a block of `x · Wᵀ`,
+/// by [`wide::x_wt`] where the CPU has AVX-512 (the same bits).
 ///
 /// # Safety
 /// AVX2, FMA and F16C are present; `x` holds `m·k` floats, `w` holds `n·k` values, and `y` is
 /// writable at `a·ys + c` for every `a < m`, `c < n`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn x_wt<W: Weight>(
+    x: *const f32,
+    m: usize,
+    w: *const W,
+    n: usize,
+    k: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    if wide::available() {
+        wide::x_wt(x, m, w, n, k, y, ys)
+    } else {
+        x_wt_narrow(x, m, w, n, k, y, ys)
+    }
+}
+
+/// [`x_wt`] on AVX2 registers.
+///
+/// # Safety
+/// As [`x_wt`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn x_wt_narrow<W: Weight>(
     x: *const f32,
     m: usize,
     w: *const W,
@@ -325,13 +385,34 @@ unsafe fn axpy_rows<W: Weight, const NR: usize>(
 }
 
 /// `gx[a·k + p] += Σ_c g[a·gs + c] · w[c·k + p]` for `a < m`, `c < n`: `g · W` over a block
-/// of `W`'s rows, accumulated.
+/// of `W`'s rows, accumulated; by [`wide::g_w`] where the CPU has AVX-512 (the same bits).
 ///
 /// # Safety
 /// AVX2, FMA and F16C are present; `g` is readable at `a·gs + c` for every `a < m`, `c < n`; `w`
 /// holds `n·k` values and `gx` holds `m·k` floats.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn g_w<W: Weight>(
+    g: *const f32,
+    gs: usize,
+    m: usize,
+    w: *const W,
+    n: usize,
+    k: usize,
+    gx: *mut f32,
+) {
+    if wide::available() {
+        wide::g_w(g, gs, m, w, n, k, gx)
+    } else {
+        g_w_narrow(g, gs, m, w, n, k, gx)
+    }
+}
+
+/// [`g_w`] on AVX2 registers.
+///
+/// # Safety
+/// As [`g_w`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn g_w_narrow<W: Weight>(
     g: *const f32,
     gs: usize,
     m: usize,

@@ -7,7 +7,8 @@
 //!   and keep the few rows in registers and L1. Their input gradient skips the rows of `W`
 //!   whose coefficients are all zero: the LM head at the target position (one row) under a
 //!   logit target gets a one-hot gradient, so its backward step reads one row of the table
-//!   instead of all of it.
+//!   instead of all of it. With AVX-512 they run as [`wide`]'s forms, which give the same
+//!   bits from about half the instructions.
 //! - up to [`MAX_BLOCKED_ROWS`] rows: [`blocked`]'s kernels, which read `W` where it lies and
 //!   multiply while they read it. A general matmul first packs `W` into its own layout, which
 //!   at a few dozen rows costs a fifth of the product and keeps the memory traffic and the
@@ -25,7 +26,7 @@
 //! Two reductions of such products have their own kernels on flex, where the product itself
 //! is not needed: [`rank_rows`] (the logit lens's ranks: a bf16 screen of the LM head on CPUs
 //! with AVX-512 BF16, by AMX tiles where the CPU has them, exact f32 values where it cannot
-//! decide; see `screen.rs`) and
+//! decide; see `screen/`) and
 //! [`head_squares`] (each attention head's contribution through o_proj, squared against the
 //! gradient, in one pass over the weight; see `heads.rs`).
 
@@ -43,6 +44,8 @@ mod flex_half;
 mod heads;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod screen;
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod wide;
 
 use burn::tensor::{backend::Backend, Tensor};
 
