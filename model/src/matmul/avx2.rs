@@ -53,6 +53,12 @@ pub trait Weight: Copy + Send + Sync {
     /// AVX2 and F16C are present; `p` holds a value.
     unsafe fn broadcast(p: *const Self) -> __m256;
 
+    /// The value at `p`, as f32, in all sixteen lanes of a 512-bit register.
+    ///
+    /// # Safety
+    /// AVX-512 F is present; `p` holds a value.
+    unsafe fn broadcast16(p: *const Self) -> __m512;
+
     /// Eight values at `a` in the low half of a 512-bit register, eight at `b` in the high
     /// half, as f32.
     ///
@@ -81,6 +87,11 @@ impl Weight for f32 {
     #[inline(always)]
     unsafe fn broadcast(p: *const f32) -> __m256 {
         _mm256_broadcast_ss(&*p)
+    }
+
+    #[inline(always)]
+    unsafe fn broadcast16(p: *const f32) -> __m512 {
+        _mm512_set1_ps(*p)
     }
 
     #[inline(always)]
@@ -120,6 +131,12 @@ impl Weight for half::bf16 {
     }
 
     #[inline(always)]
+    unsafe fn broadcast16(p: *const half::bf16) -> __m512 {
+        // The 16 bits shifted into the high half of one lane, then copied to all.
+        _mm512_castsi512_ps(_mm512_set1_epi32((u32::from((*p).to_bits()) << 16) as i32))
+    }
+
+    #[inline(always)]
     unsafe fn load_pair(a: *const half::bf16, b: *const half::bf16) -> __m512 {
         let bits = _mm512_cvtepu16_epi32(halves_pair(a as *const __m128i, b as *const __m128i));
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
@@ -146,6 +163,11 @@ impl Weight for half::f16 {
     #[inline(always)]
     unsafe fn broadcast(p: *const half::f16) -> __m256 {
         _mm256_cvtph_ps(_mm_set1_epi16((*p).to_bits() as i16))
+    }
+
+    #[inline(always)]
+    unsafe fn broadcast16(p: *const half::f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_set1_epi16((*p).to_bits() as i16))
     }
 
     #[inline(always)]
