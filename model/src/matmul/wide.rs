@@ -9,7 +9,7 @@
 //! and has the same bits, with half the multiply-adds and widenings: 1.8 ms for bf16, 2.45 ms
 //! instead of 4.6 for f32. `g · W` needs no pairing: each lane is one output value whose sum
 //! runs over the rows of `W` in the same order at any width, so sixteen lanes do what eight did
-//! (and all of `g`'s rows share each widened row of `W`).
+//! (and up to five rows of `g` share each widened row of `W`).
 //!
 //! Every function here is `unsafe`: callers check [`available`] and that every pointer covers
 //! the rows and columns it is given.
