@@ -1,6 +1,6 @@
 //! AVX2 + FMA kernels for `x · Wᵀ` and `g · W` at a few dozen rows, reading `W` where it lies.
 //!
-//! At 8 to 96 rows a general matmul spends up to a fifth of its time packing `W` into its
+//! At a few dozen rows a general matmul spends up to a fifth of its time packing `W` into its
 //! own layout, and packs before it multiplies, so reading the weights from memory and the
 //! arithmetic do not overlap. These kernels read `W` (`[n, k]`, contiguous) in place and
 //! keep the few rows of `x` or `g`, which are small, in cache:
