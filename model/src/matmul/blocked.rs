@@ -466,18 +466,8 @@ unsafe fn g_w_blocks<W: Weight, const WIDE: bool>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_values::{bits, value};
     use super::*;
-
-    /// Values whose products and sums round: a spread of magnitudes and signs.
-    fn value(i: usize) -> f32 {
-        let v = ((i * 7919 % 1013) as f32 - 506.0) / 97.0;
-        v * (1.0 + (i % 7) as f32 * 0.37).powi((i % 5) as i32)
-    }
-
-    /// The bits of a slice.
-    fn bits(v: &[f32]) -> Vec<u32> {
-        v.iter().map(|x| x.to_bits()).collect()
-    }
 
     /// Both kernels' 512-bit forms against their 256-bit ones on a weight stored as `W` (`to`
     /// rounds an f32 to it, `back` widens it), and `x · Wᵀ` against the same weight widened to

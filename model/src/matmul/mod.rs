@@ -44,6 +44,8 @@ mod flex_half;
 mod heads;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod screen;
+#[cfg(all(test, feature = "flex", target_arch = "x86_64"))]
+mod test_values;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod wide;
 

@@ -226,18 +226,8 @@ pub unsafe fn g_w<W: Weight>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_values::{bits, value};
     use super::*;
-
-    /// Values whose products and sums round: a spread of magnitudes and signs.
-    fn value(i: usize) -> f32 {
-        let v = ((i * 7919 % 1013) as f32 - 506.0) / 97.0;
-        v * (1.0 + (i % 7) as f32 * 0.37).powi((i % 5) as i32)
-    }
-
-    /// The bits of a slice.
-    fn bits(v: &[f32]) -> Vec<u32> {
-        v.iter().map(|x| x.to_bits()).collect()
-    }
 
     /// Both kernels against the AVX2 ones on a weight stored as `W`, for every number of rows
     /// of `x` and `g` the streaming kernels take, numbers of rows of `W` around the pairing and
