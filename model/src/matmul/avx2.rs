@@ -443,22 +443,34 @@ pub(super) unsafe fn g_w_narrow<W: Weight>(
     k: usize,
     gx: *mut f32,
 ) {
-    let mut c = 0;
-    while c < n {
-        // Rows of W whose coefficients are all zero add nothing: under a logit target the LM
-        // head's output gradient is one-hot, and its input gradient one row of the table.
+    nonzero_blocks(g, gs, m, n, |c, rows| match rows {
+        1 => axpy_rows::<W, 1>(g.add(c), gs, m, w.add(c * k), k, gx),
+        2 => axpy_rows::<W, 2>(g.add(c), gs, m, w.add(c * k), k, gx),
+        3 => axpy_rows::<W, 3>(g.add(c), gs, m, w.add(c * k), k, gx),
+        _ => axpy_rows::<W, 4>(g.add(c), gs, m, w.add(c * k), k, gx),
+    });
+}
+
+/// Calls `block(c, rows)` for each block of up to four rows of `W` (`c, c + 1, …`, `n` in
+/// all) whose coefficients in `g` (`m` rows, `gs` apart) are not all zero: the others add
+/// nothing to `g · W`. Under a logit target the LM head's output gradient is one-hot, and its
+/// input gradient one row of the table.
+///
+/// # Safety
+/// `g` is readable at `a·gs + c` for every `a < m`, `c < n`.
+#[inline(always)]
+pub(super) unsafe fn nonzero_blocks(
+    g: *const f32,
+    gs: usize,
+    m: usize,
+    n: usize,
+    mut block: impl FnMut(usize, usize),
+) {
+    for c in (0..n).step_by(4) {
         let rows = (n - c).min(4);
-        if (0..m).all(|a| (0..rows).all(|j| *g.add(a * gs + c + j) == 0.0)) {
-            c += rows;
-            continue;
+        if !(0..m).all(|a| (0..rows).all(|j| *g.add(a * gs + c + j) == 0.0)) {
+            block(c, rows);
         }
-        match n - c {
-            1 => axpy_rows::<W, 1>(g.add(c), gs, m, w.add(c * k), k, gx),
-            2 => axpy_rows::<W, 2>(g.add(c), gs, m, w.add(c * k), k, gx),
-            3 => axpy_rows::<W, 3>(g.add(c), gs, m, w.add(c * k), k, gx),
-            _ => axpy_rows::<W, 4>(g.add(c), gs, m, w.add(c * k), k, gx),
-        }
-        c += rows;
     }
 }
 

@@ -17,6 +17,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{lane_sum, Weight};
+use super::wide;
 
 /// Floats per head dimension step (one vector).
 pub const STEP: usize = 8;
@@ -24,11 +25,6 @@ pub const STEP: usize = 8;
 pub const WIDE_STEP: usize = 16;
 /// Tiles of four rows of `w` between the one [`squares_wide`] computes and the one it fetches.
 const AHEAD: usize = 2;
-
-/// Whether this CPU runs [`squares_wide`] (AVX-512 F, with the AVX2 kernel's features).
-pub fn wide_available() -> bool {
-    super::avx2::available() && std::is_x86_feature_detected!("avx512f")
-}
 
 /// The four sums of four vectors' lanes, in order.
 #[inline(always)]
@@ -69,7 +65,7 @@ pub unsafe fn squares<W: Weight>(
     gs: usize,
     out: &mut [f32],
 ) {
-    match wide_available() && head.1.is_multiple_of(WIDE_STEP) {
+    match wide::available() && head.1.is_multiple_of(WIDE_STEP) {
         true => squares_wide(z, seq, head, w, rows, g, gs, out),
         false => squares_narrow(z, seq, head, w, rows, g, gs, out),
     }
@@ -156,7 +152,7 @@ pub unsafe fn squares_narrow<W: Weight>(
 /// from f32, whose 264 MB take 10 ms to read on that machine.
 ///
 /// # Safety
-/// [`wide_available`]; `hd` is a multiple of [`WIDE_STEP`]; otherwise as [`squares_narrow`].
+/// [`wide::available`]; `hd` is a multiple of [`WIDE_STEP`]; otherwise as [`squares_narrow`].
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn squares_wide<W: Weight>(
@@ -269,7 +265,7 @@ mod tests {
     /// `back` widens it) against a direct f64 sum over the stored values.
     fn check<W: Weight>(to: impl Fn(f32) -> W, back: impl Fn(W) -> f32) {
         let mut kernels: Vec<(Kernel<W>, usize, usize)> = vec![(squares_narrow::<W>, 3, 24)];
-        if wide_available() {
+        if wide::available() {
             // Positions as tiles of 4 + 1, 4 + 3 and 2; hd one or two 512-bit steps.
             kernels.extend([(5, 32), (7, 16), (2, 32)].map(|(seq, hd)| {
                 let wide: Kernel<W> = squares_wide::<W>;

@@ -191,8 +191,8 @@ unsafe fn axpy_rows<W: Weight, const NR: usize>(
     }
 }
 
-/// [`avx2::g_w`]'s result and bits (rows of `W` whose coefficients are all zero skipped
-/// alike, four at a time).
+/// [`avx2::g_w`]'s result and bits (the same blocks of rows of `W` skipped:
+/// [`avx2::nonzero_blocks`]).
 ///
 /// # Safety
 /// [`available`]; otherwise as [`avx2::g_w`].
@@ -206,13 +206,7 @@ pub unsafe fn g_w<W: Weight>(
     k: usize,
     gx: *mut f32,
 ) {
-    let mut c = 0;
-    while c < n {
-        let rows = (n - c).min(4);
-        if (0..m).all(|a| (0..rows).all(|j| *g.add(a * gs + c + j) == 0.0)) {
-            c += rows;
-            continue;
-        }
+    avx2::nonzero_blocks(g, gs, m, n, |c, rows| {
         let (g, w) = (g.add(c), w.add(c * k));
         match rows {
             1 => axpy_rows::<W, 1>(g, gs, m, w, k, gx),
@@ -220,8 +214,7 @@ pub unsafe fn g_w<W: Weight>(
             3 => axpy_rows::<W, 3>(g, gs, m, w, k, gx),
             _ => axpy_rows::<W, 4>(g, gs, m, w, k, gx),
         }
-        c += rows;
-    }
+    });
 }
 
 #[cfg(test)]
