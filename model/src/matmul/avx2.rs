@@ -224,13 +224,29 @@ unsafe fn dot_tile<W: Weight, const MR: usize, const NR: usize>(
     }
     for a in 0..MR {
         for c in 0..NR {
-            let mut s = lane_sum(acc[a][c]);
-            for q in k8..k {
-                s += *x.add(a * k + q) * W::get(w.add(c * k + q));
-            }
-            *y.add(a * ys + c) = s;
+            *y.add(a * ys + c) = finish_dot(acc[a][c], x.add(a * k), w.add(c * k), k);
         }
     }
+}
+
+/// One entry of `x·Wᵀ` from its eight running sums over the whole steps of eight: the lanes
+/// added ([`lane_sum`]), then the columns past them, a multiply and an add each (every form
+/// of `x·Wᵀ` and [`dots_rows`] ends its entries with this).
+///
+/// # Safety
+/// AVX2 and F16C are present; `x` and `w` hold `k` values.
+#[inline(always)]
+pub(super) unsafe fn finish_dot<W: Weight>(
+    sums: __m256,
+    x: *const f32,
+    w: *const W,
+    k: usize,
+) -> f32 {
+    let mut s = lane_sum(sums);
+    for q in k / 8 * 8..k {
+        s += *x.add(q) * W::get(w.add(q));
+    }
+    s
 }
 
 /// [`dot_tile`] over all `m` rows of `x` for `NR` rows of `w`, three rows of `x` at a time.
@@ -340,11 +356,7 @@ unsafe fn rows_n<W: Weight, const N: usize>(
         p += 8;
     }
     for a in 0..N {
-        let mut s = lane_sum(acc[a]);
-        for q in k8..k {
-            s += *x.add(q) * W::get(ws[a].add(q));
-        }
-        y[a] = s;
+        y[a] = finish_dot(acc[a], x, ws[a], k);
     }
 }
 
@@ -377,7 +389,20 @@ unsafe fn axpy_tile<W: Weight, const MR: usize, const NR: usize>(
         }
         p += 8;
     }
-    for q in k8..k {
+    axpy_tail::<W, MR, NR>(g, gs, w, k, gx);
+}
+
+/// [`axpy_tile`]'s columns past the last whole step of eight: a multiply and an add each, in
+/// the order of `c` (every form of `g·W` ends its rows with this).
+#[inline(always)]
+pub(super) unsafe fn axpy_tail<W: Weight, const MR: usize, const NR: usize>(
+    g: *const f32,
+    gs: usize,
+    w: *const W,
+    k: usize,
+    gx: *mut f32,
+) {
+    for q in k / 8 * 8..k {
         for a in 0..MR {
             for c in 0..NR {
                 *gx.add(a * k + q) += *g.add(a * gs + c) * W::get(w.add(c * k + q));

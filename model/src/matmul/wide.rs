@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{self, lane_sum, Weight};
+use super::avx2::{self, Weight};
 
 /// Whether this CPU runs the kernels: AVX-512 F, and what the AVX2 kernels need (which
 /// finish the rows and columns these leave).
@@ -72,11 +72,7 @@ unsafe fn dot_tile<W: Weight, const MR: usize>(
                 (2 * i, _mm512_castps512_ps256(acc[a][i])),
                 (2 * i + 1, high_half(acc[a][i])),
             ] {
-                let mut s = lane_sum(half);
-                for q in k8..k {
-                    s += *x.add(a * k + q) * W::get(w.add(c * k + q));
-                }
-                *y.add(a * ys + c) = s;
+                *y.add(a * ys + c) = avx2::finish_dot(half, x.add(a * k), w.add(c * k), k);
             }
         }
     }
@@ -158,13 +154,7 @@ unsafe fn axpy_tile<W: Weight, const MR: usize, const NR: usize>(
             _mm256_storeu_ps(out, acc);
         }
     }
-    for a in 0..MR {
-        for q in k8..k {
-            for c in 0..NR {
-                *gx.add(a * k + q) += *g.add(a * gs + c) * W::get(w.add(c * k + q));
-            }
-        }
-    }
+    avx2::axpy_tail::<W, MR, NR>(g, gs, w, k, gx);
 }
 
 /// [`axpy_tile`] over all `m` rows of `g` for `NR` rows of `w`, five rows of `g` at a time.
