@@ -245,15 +245,32 @@ def model_size(model):
     return flops, traffic
 
 
-def main():
-    global GPU
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def bench_args(doc, tokens, reps):
+    """The arguments every side-by-side script takes: MODEL, --tokens, --reps, --attrib,
+    --threads (add the script's own before parsing)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("model")
-    ap.add_argument("--tokens", default="8,64,512")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--backends", default="ndarray,flex")
+    ap.add_argument("--tokens", default=tokens)
+    ap.add_argument("--reps", type=int, default=reps)
     ap.add_argument("--attrib", default=os.path.join(ROOT, "target/release/attrib"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    return ap
+
+
+def tokenizer_of(model):
+    """The model's tokenizer: a folder's, or the one a GGUF file holds (offline)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+    if model.endswith(".gguf"):
+        return AutoTokenizer.from_pretrained(os.path.dirname(model),
+                                             gguf_file=os.path.basename(model))
+    return AutoTokenizer.from_pretrained(model)
+
+
+def main():
+    global GPU
+    ap = bench_args(__doc__, "8,64,512", 3)
+    ap.add_argument("--backends", default="ndarray,flex")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtypes", default="f32")
     args = ap.parse_args()
@@ -270,13 +287,7 @@ def main():
     if gpu:
         GPU = GpuMemory()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-    if model.endswith(".gguf"):
-        tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(model),
-                                                  gguf_file=os.path.basename(model))
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer = tokenizer_of(model)
     flops, traffic = model_size(model)
 
     peaks = {d: json.loads(run([sys.executable, os.path.join(HERE, "bench_torch.py"), "--matmul",

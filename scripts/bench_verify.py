@@ -16,14 +16,13 @@ medians with the ratios batched ÷ each unbatched way.
 
 `scripts/bench.sh MODEL --verify` builds attrib and runs this.
 """
-import argparse
 import json
 import os
 import statistics
 import sys
 import tempfile
 
-from bench import HERE, ROOT, cli, prompt_of, run
+from bench import HERE, bench_args, cli, prompt_of, run, tokenizer_of
 
 
 def torch_ablations(model, prompt_file, threads):
@@ -48,19 +47,11 @@ def attrib_verify(binary, model, prompt, threads, batch):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model")
-    ap.add_argument("--tokens", default="8,64")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--attrib", default=os.path.join(ROOT, "target/release/attrib"))
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    args = ap.parse_args()
+    args = bench_args(__doc__, "8,64", 3).parse_args()
     model = os.path.abspath(args.model)
     lengths = [int(x) for x in args.tokens.split(",")]
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer = tokenizer_of(model)
     print(f"model {model}\nthreads {args.threads} · {args.reps} reps each, medians", flush=True)
     systems = ["pytorch unbatched", "attrib unbatched", "attrib batched"]
     results = {}
