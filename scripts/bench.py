@@ -154,24 +154,36 @@ def cli(main):
         sys.exit(str(e))
 
 
+def torch_json(*args):
+    """scripts/bench_torch.py's JSON line for `args` (a fresh process), its peak RSS and the
+    GPU memory it took."""
+    stdout, rss, gpu = run([sys.executable, os.path.join(HERE, "bench_torch.py"),
+                            *map(str, args)])
+    return json.loads(stdout.strip().splitlines()[-1]), rss, gpu
+
+
+def attrib_json(binary, model, prompt, threads, flags=()):
+    """attrib's JSON for `prompt` with `flags` (a fresh process with `threads` threads, its
+    files written to a scratch folder), its peak RSS and the GPU memory it took."""
+    with tempfile.TemporaryDirectory() as out:
+        env = dict(os.environ, RAYON_NUM_THREADS=str(threads),
+                   MATMUL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+        stdout, rss, gpu = run([binary, "--model", model, "--prompt", prompt, "--out", out,
+                                "--json", *flags], env)
+    return json.loads(stdout), rss, gpu
+
+
 def torch_run(model, prompt_file, threads, device="cpu", dtype="f32"):
-    stdout, rss, gpu = run([sys.executable, os.path.join(HERE, "bench_torch.py"), model,
-                            prompt_file, str(threads), device, TORCH_DTYPES[dtype]])
-    r = json.loads(stdout.strip().splitlines()[-1])
+    r, rss, gpu = torch_json(model, prompt_file, threads, device, TORCH_DTYPES[dtype])
     return {"load": r["load_s"], "attr": r["forward_s"] + r["backward_s"], "rss": rss,
             "gpu": gpu, "tokens": r["tokens"], "nodes": r["nodes"]}
 
 
 def attrib_run(binary, model, prompt, backend, threads, device="cpu", dtype="f32"):
-    with tempfile.TemporaryDirectory() as out:
-        env = dict(os.environ, RAYON_NUM_THREADS=str(threads),
-                   MATMUL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
-        cmd = [binary, "--model", model, "--prompt", prompt, "--backend", backend,
-               "--out", out, "--json"]
-        if device != "cpu":
-            cmd += ["--device", f"{device}:0", "--dtype", dtype]
-        proc_out, rss, gpu = run(cmd, env)
-    r = json.loads(proc_out)
+    flags = ["--backend", backend]
+    if device != "cpu":
+        flags += ["--device", f"{device}:0", "--dtype", dtype]
+    r, rss, gpu = attrib_json(binary, model, prompt, threads, flags)
     t = r["timings"]
     return {"load": t["load_s"], "attr": t["forward_s"] + t["backward_s"], "rss": rss,
             "gpu": gpu, "tokens": len(r["input_ids"]),
@@ -290,8 +302,7 @@ def main():
     tokenizer = tokenizer_of(model)
     flops, traffic = model_size(model)
 
-    peaks = {d: json.loads(run([sys.executable, os.path.join(HERE, "bench_torch.py"), "--matmul",
-                                str(args.threads), args.device, TORCH_DTYPES[d]])[0])
+    peaks = {d: torch_json("--matmul", args.threads, args.device, TORCH_DTYPES[d])[0]
              ["matmul_gflops"] for d in dtypes}
     # A system is (name, dtype); with one dtype the names are as on the CPU table.
     systems = [(s, d) for d in dtypes for s in ["pytorch"] + [f"attrib {b}" for b in backends]]

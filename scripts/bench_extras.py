@@ -17,26 +17,20 @@ It prints the medians: each system's node-only attribution (forward, backward an
 scores), the seconds the edges and heads and then the lens add, each system's extras as a
 share of its own node-only time, and attrib ÷ PyTorch for each.
 """
-import json
 import os
 import statistics
 import sys
 import tempfile
 
-from bench import (HERE, TORCH_DTYPES, bench_args, cli, prompt_of, reread_from_disk, run,
-                   tokenizer_of, warm_page_cache)
+from bench import (TORCH_DTYPES, attrib_json, bench_args, cli, prompt_of, reread_from_disk,
+                   tokenizer_of, torch_json, warm_page_cache)
 
 MODES = {"nodes-only": ["--nodes-only"], "default": [], "lens": ["--lens"]}
 
 
 def attrib_run(binary, model, prompt, mode, threads):
     """attrib's phase timings in one mode (`MODES`), and the tokens it saw."""
-    with tempfile.TemporaryDirectory() as out:
-        env = dict(os.environ, RAYON_NUM_THREADS=str(threads),
-                   MATMUL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
-        cmd = [binary, "--model", model, "--prompt", prompt, "--out", out, "--json"]
-        stdout, _, _ = run(cmd + MODES[mode], env)
-    r = json.loads(stdout)
+    r, _, _ = attrib_json(binary, model, prompt, threads, MODES[mode])
     t = r["timings"]
     return {"pass": t["forward_s"] + t["backward_s"], "scores": t["scores_s"],
             "tokens": len(r["input_ids"])}
@@ -44,9 +38,7 @@ def attrib_run(binary, model, prompt, mode, threads):
 
 def torch_run(model, prompt_file, threads, dtype):
     """PyTorch's node-only attribution and each extra's seconds, and the tokens it saw."""
-    stdout, _, _ = run([sys.executable, os.path.join(HERE, "bench_torch.py"), "--extras",
-                        model, prompt_file, str(threads), "cpu", TORCH_DTYPES[dtype]])
-    r = json.loads(stdout.strip().splitlines()[-1])
+    r, _, _ = torch_json("--extras", model, prompt_file, threads, "cpu", TORCH_DTYPES[dtype])
     return {"pass": r["forward_s"] + r["backward_s"], "edges_heads": r["edges_s"] + r["heads_s"],
             "lens": r["lens_s"], "tokens": r["tokens"]}
 

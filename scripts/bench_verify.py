@@ -16,32 +16,24 @@ medians with the ratios batched ÷ each unbatched way.
 
 `scripts/bench.sh MODEL --verify` builds attrib and runs this.
 """
-import json
 import os
 import statistics
 import sys
 import tempfile
 
-from bench import HERE, bench_args, cli, prompt_of, run, tokenizer_of
+from bench import attrib_json, bench_args, cli, prompt_of, tokenizer_of, torch_json
 
 
 def torch_ablations(model, prompt_file, threads):
-    out, _, _ = run([sys.executable, os.path.join(HERE, "bench_torch.py"), "--ablate-nodes", model,
-                     prompt_file, str(threads)])
-    r = json.loads(out.strip().splitlines()[-1])
+    r, _, _ = torch_json("--ablate-nodes", model, prompt_file, threads)
     return r["seconds"], r["passes"], r["tokens"]
 
 
 def attrib_verify(binary, model, prompt, threads, batch):
-    with tempfile.TemporaryDirectory() as out:
-        env = dict(os.environ, RAYON_NUM_THREADS=str(threads),
-                   MATMUL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
-        cmd = [binary, "--model", model, "--prompt", prompt, "--out", out, "--json",
-               "--verify", "--ablate", "zero", "--verify-edges", "0"]
-        if batch is not None:
-            cmd += ["--verify-batch", str(batch)]
-        stdout, _, _ = run(cmd, env)
-    r = json.loads(stdout)
+    flags = ["--verify", "--ablate", "zero", "--verify-edges", "0"]
+    if batch is not None:
+        flags += ["--verify-batch", str(batch)]
+    r, _, _ = attrib_json(binary, model, prompt, threads, flags)
     v = r["verification"]
     return v["seconds"]["nodes"], len(v["nodes"]), len(r["input_ids"])
 
