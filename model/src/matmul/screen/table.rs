@@ -124,7 +124,10 @@ pub(super) unsafe fn convert_rows(
     mut norms: Option<(&mut [f32], &mut [f32])>,
 ) {
     for t in 0..rows {
+        // Two sums each (the chunk's halves), so that no FMA waits on the one before it (the
+        // lens from an f32 table: 110 → 104 ms, medians of 15 runs).
         let (mut sw, mut sd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let (mut sw2, mut sd2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for c in (0..k).step_by(CHUNK) {
             let lo = _mm512_loadu_ps(src.add(t * k + c));
             let hi = _mm512_loadu_ps(src.add(t * k + c + 16));
@@ -135,13 +138,15 @@ pub(super) unsafe fn convert_rows(
                 let blo = widen(_mm512_castsi512_si256(halves));
                 let bhi = widen(_mm512_extracti64x4_epi64::<1>(halves));
                 let (dlo, dhi) = (_mm512_sub_ps(lo, blo), _mm512_sub_ps(hi, bhi));
-                sw = _mm512_fmadd_ps(lo, lo, _mm512_fmadd_ps(hi, hi, sw));
-                sd = _mm512_fmadd_ps(dlo, dlo, _mm512_fmadd_ps(dhi, dhi, sd));
+                sw = _mm512_fmadd_ps(lo, lo, sw);
+                sw2 = _mm512_fmadd_ps(hi, hi, sw2);
+                sd = _mm512_fmadd_ps(dlo, dlo, sd);
+                sd2 = _mm512_fmadd_ps(dhi, dhi, sd2);
             }
         }
         if let Some((wn, dn)) = norms.as_mut() {
-            wn[t] = _mm512_reduce_add_ps(sw).sqrt();
-            dn[t] = _mm512_reduce_add_ps(sd).sqrt();
+            wn[t] = _mm512_reduce_add_ps(_mm512_add_ps(sw, sw2)).sqrt();
+            dn[t] = _mm512_reduce_add_ps(_mm512_add_ps(sd, sd2)).sqrt();
         }
     }
 }
@@ -161,13 +166,22 @@ unsafe fn widen(h: __m256i) -> __m512 {
 /// AVX-512 F is present; `src` holds `rows × k` halves and `norms` `rows` floats.
 #[target_feature(enable = "avx512f")]
 unsafe fn bf16_norms(src: *const u16, rows: usize, k: usize, norms: &mut [f32]) {
+    // Four sums, so that no FMA waits on the one before it: with one, the norms took an
+    // eighth of the 1.5B model's lens; four took it from 84 to 79 ms (medians of 15 runs).
     for t in 0..rows {
-        let mut sum = _mm512_setzero_ps();
-        for c in (0..k).step_by(16) {
-            let h = _mm256_loadu_si256(src.add(t * k + c) as *const __m256i);
-            let v = widen(h);
-            sum = _mm512_fmadd_ps(v, v, sum);
+        let mut sums = [_mm512_setzero_ps(); 4];
+        for c in (0..k).step_by(64) {
+            // `k` is a multiple of 32: the last step may have two sixteens.
+            for (i, sum) in sums.iter_mut().enumerate().take((k - c).min(64) / 16) {
+                let h = _mm256_loadu_si256(src.add(t * k + c + 16 * i) as *const __m256i);
+                let v = widen(h);
+                *sum = _mm512_fmadd_ps(v, v, *sum);
+            }
         }
+        let sum = _mm512_add_ps(
+            _mm512_add_ps(sums[0], sums[1]),
+            _mm512_add_ps(sums[2], sums[3]),
+        );
         norms[t] = _mm512_reduce_add_ps(sum).sqrt();
     }
 }
