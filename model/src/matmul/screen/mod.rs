@@ -6,8 +6,9 @@
 //! compute-bound product (27 GFLOP there). `vdpbf16ps` does twice the multiply-adds of an f32
 //! FMA per instruction, so the screen costs about half the f32 product. CPUs with AMX (Intel
 //! Xeon from Sapphire Rapids on) screen with its tiles instead ([`amx`]): on a 2-core such VM
-//! the 1.5B model's lens took 0.084–0.09 s from an f32 table and 0.048–0.055 s from a bf16
-//! one, instead of about 0.17 s with `vdpbf16ps`. There the table's reading from memory
+//! the 1.5B model's lens took 0.10–0.14 s from an f32 table and 0.06–0.095 s from a bf16
+//! one (the VM's speed varies from hour to hour), instead of about 0.17 s with `vdpbf16ps`
+//! on a calm day (when AMX gave 0.085 and 0.05 s). There the table's reading from memory
 //! ([`Ahead`]), the products' tile loads and the exact values' reads all compete for L2.
 //!
 //! Each screened entry `A` (bf16 operands `x̂`, `ŵ`, f32 sums) comes with a bound on its

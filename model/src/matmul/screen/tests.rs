@@ -1,7 +1,7 @@
 //! The screen against brute force.
 
 use super::classify::from_ordered;
-use super::table::convert_rows;
+use super::table::{bf16_norms, convert_rows};
 use super::*;
 
 /// Every row's rank and top entries by brute force, with the same exact entries.
@@ -152,6 +152,43 @@ fn the_conversion_rounds_to_nearest_even_in_order() {
             .sum::<f32>()
             .sqrt();
         assert!((wn - want).abs() <= 1e-5 * want && (dn - errs).abs() <= 1e-5 * errs);
+    }
+}
+
+#[test]
+fn bf16_row_norms_bound_the_true_norms() {
+    if !available() {
+        return;
+    }
+    // Rows of 96 (three chunks: a step of four chunks left short): ordinary values; values
+    // whose squares lie below f32's normal range, which the dot product flushes; and both.
+    let k = 96;
+    let bf = |v: f32| half::bf16::from_f32(v).to_bits();
+    let ordinary: Vec<u16> = noise(10, k).iter().map(|&v| bf(v * 3.0)).collect();
+    let tiny: Vec<u16> = noise(11, k).iter().map(|&v| bf(v * 1e-20)).collect();
+    let mixed: Vec<u16> = ordinary[..k / 2]
+        .iter()
+        .chain(&tiny[k / 2..])
+        .copied()
+        .collect();
+    let rows = [ordinary, tiny, mixed].concat();
+    let mut norms = [0f32; 3];
+    // SAFETY: `available()`; three rows of `k` halves and three norms.
+    unsafe { bf16_norms(rows.as_ptr(), 3, k, &mut norms) };
+    for (t, &got) in norms.iter().enumerate() {
+        let row = &rows[t * k..][..k];
+        let want = row
+            .iter()
+            .map(|&h| (half::bf16::from_bits(h).to_f64()).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        // An upper bound, and a tight one above the flushed range.
+        assert!(got as f64 >= want * (1.0 - 1e-6), "row {t}: {got} < {want}");
+        let slack = (k as f64 * f64::powi(2.0, -126)).sqrt();
+        assert!(
+            got as f64 <= want * (1.0 + 1e-5) + slack,
+            "row {t}: {got} ≫ {want}"
+        );
     }
 }
 
