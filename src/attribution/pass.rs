@@ -76,6 +76,16 @@ fn tokens(logits: &[f32], objective: Objective) -> Result<(u32, u32), ModelError
             )));
         }
     }
+    if objective.contrast == Some(target_id) {
+        let which = match objective.token {
+            target::Target::Predicted => "the predicted token",
+            target::Target::Id(_) => "the target token",
+        };
+        return Err(ModelError::Source(format!(
+            "the contrast token (id {target_id}) is {which} itself: target − contrast is zero \
+             for every input and has no gradient; give --contrast another token"
+        )));
+    }
     Ok((predicted_id, target_id))
 }
 
@@ -339,5 +349,24 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_contrast_equal_to_the_target_is_an_error() {
+        let logits = [0.5, 2.0, -1.0];
+        for token in [target::Target::Predicted, target::Target::Id(1)] {
+            let objective = Objective {
+                token,
+                contrast: Some(1),
+                ..Objective::default()
+            };
+            let err = tokens(&logits, objective).unwrap_err().to_string();
+            assert!(err.contains("contrast token (id 1)"), "{err}");
+        }
+        let objective = Objective {
+            contrast: Some(0),
+            ..Objective::default()
+        };
+        assert_eq!(tokens(&logits, objective).unwrap(), (1, 1));
     }
 }
