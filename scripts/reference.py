@@ -16,7 +16,10 @@ activation times the gradient of the target at the input of node v's norm, on
 v's branch only: `input_layernorm` for `L{i}_Attn`, `post_attention_layernorm`
 for `L{i}_MLP`, the final `model.norm` for `logits`) and `heads` (per attention
 head: the signed Grad x Activation at the o_proj input, and the norm of the
-head's o_proj contribution times the gradient at the attention output).
+head's o_proj contribution times the gradient at the attention output) and
+`lens` (the logit lens at the last position: the final norm and the LM head
+applied to the residual stream after each node, with the target's rank and
+logit and the five highest logits).
 
 Usable as a module (`load_model`, `compute_case`, `build_reference`,
 `write_reference`) or from the command line:
@@ -299,6 +302,29 @@ def compute_case(model, tokenizer, prompt, chat=False, logits="full", target_id=
             assert rel <= 1e-4, f"layer {l}: sum of head signed {total} != node signed {ref} (rel {rel:.3g})"
         HEAD_CHECK.append(abs(total - node_signed32) / max(abs(node_signed32), 1e-30))
 
+    # logit lens at the last position: the final norm and the LM head applied to the
+    # residual stream after each node (embeddings + every sublayer output so far, summed in
+    # the model's order), the target's rank (1 + entries above it), logit and the top five;
+    # `target_margin`, the distance from the target's logit to the nearest other one, tells a
+    # test whether another summation order may move the rank
+    lens = []
+    with torch.no_grad():
+        resid = None
+        for name in node_names(num_layers):
+            a = acts[name].detach()[0, -1]
+            resid = a.clone() if resid is None else resid + a
+            row = model.lm_head(inner.norm(resid[None, None]))[0, 0].to(torch.float32)
+            vals, idx = torch.topk(row, 5)
+            lens.append(
+                {
+                    "after": name,
+                    "target_rank": int((row > row[target]).sum()) + 1,
+                    "target_logit": f32(row[target]),
+                    "target_margin": f32((torch.cat([row[:target], row[target + 1:]]) - row[target]).abs().min()),
+                    "top": [{"id": int(i), "logit": f32(v)} for v, i in zip(vals.tolist(), idx.tolist())],
+                }
+            )
+
     case = {
         "prompt": prompt,
         "chat": bool(chat),
@@ -322,6 +348,7 @@ def compute_case(model, tokenizer, prompt, chat=False, logits="full", target_id=
     case["nodes"] = nodes
     case["edges"] = edges
     case["heads"] = heads
+    case["lens"] = lens
     return case
 
 

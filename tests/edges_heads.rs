@@ -104,6 +104,62 @@ fn the_last_lens_row_is_the_prediction_on<B: burn::tensor::backend::Backend>() {
     }
 }
 
+/// Every row of the logit lens equals the reference's (the final norm and LM head applied in
+/// PyTorch to the residual stream after each node), on backend `B`: the target's logit and
+/// the five highest within 1e-5, the target's rank exactly (where no other logit lies within
+/// twice that of the target's) and the five highest ids (where no two of them lie that close).
+fn the_lens_equals_the_reference_on<B: burn::tensor::backend::Backend>(name: &str) {
+    use attrib::attribution::{attribute_loaded_with, Options};
+
+    let model = common::load_fixture::<Autodiff<B>>(name);
+    let with_lens = Options {
+        lens: true,
+        ..Options::default()
+    };
+    let tol = |v: f32| 1e-5 * (1.0 + v.abs());
+    for case in &reference(name).cases {
+        let out = attribute_loaded_with(
+            &model,
+            &case.input_ids,
+            Objective::default(),
+            with_lens.clone(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(out.lens.len(), case.lens.len(), "{:?}", case.prompt);
+        for (got, want) in out.lens.iter().zip(&case.lens) {
+            let at = format!("{name} {:?} after {}", case.prompt, want.after);
+            assert_eq!(got.after, want.after, "{at}");
+            let t = want.target_logit;
+            assert!(
+                (got.target_logit - t).abs() <= tol(t),
+                "{at}: {} vs {t}",
+                got.target_logit
+            );
+            if want.target_margin > 2.0 * tol(t) {
+                assert_eq!(got.target_rank, want.target_rank, "{at}");
+            } else {
+                assert!(got.target_rank.abs_diff(want.target_rank) <= 1, "{at}");
+            }
+            assert_eq!(got.top.len(), want.top.len(), "{at}");
+            for (i, (&(id, logit), w)) in got.top.iter().zip(&want.top).enumerate() {
+                assert!((logit - w.logit).abs() <= tol(w.logit), "{at}: top {i}");
+                let tied = (want.top.iter().enumerate())
+                    .any(|(j, o)| j != i && (o.logit - w.logit).abs() <= 2.0 * tol(w.logit));
+                if !tied {
+                    assert_eq!(id, w.id, "{at}: top {i}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_lens_equals_the_reference() {
+    the_lens_equals_the_reference_on::<TestBackend>("tiny-tied");
+    the_lens_equals_the_reference_on::<TestBackend>("tiny-untied");
+}
+
 #[test]
 fn the_last_lens_row_is_the_models_own_prediction() {
     the_last_lens_row_is_the_prediction_on::<TestBackend>();
@@ -115,6 +171,8 @@ fn the_last_lens_row_is_the_models_own_prediction() {
 #[test]
 fn lens_edges_and_heads_on_flex() {
     the_last_lens_row_is_the_prediction_on::<burn::backend::Flex>();
+    the_lens_equals_the_reference_on::<burn::backend::Flex>("tiny-tied");
+    the_lens_equals_the_reference_on::<burn::backend::Flex>("tiny-untied");
     check_edges_and_heads::<burn::backend::Flex>("tiny-tied", F32_PEERS);
     check_edges_and_heads::<burn::backend::Flex>("tiny-untied", F32_PEERS);
 }

@@ -114,42 +114,65 @@ impl LensRow {
 const LENS_SLICE: usize = 1 << 14;
 
 /// The final norm and LM head on the residual stream after each node, at `position`.
+///
+/// `logits` are the model's own logits there (from the forward pass). After the last
+/// sublayer the residual stream is the final one, so that row's lens is those logits,
+/// taken as they are: the same bits on every backend and CPU, where a product of several
+/// dozen rows may sum in another order than the model's head does for one.
 pub(super) fn logit_lens<B: Backend>(
     model: &Qwen2ForCausalLM<Autodiff<B>>,
     nodes: &[(Site, &[f32])],
     position: usize,
     seq: usize,
     target_id: u32,
+    logits: &[f32],
 ) -> Result<Vec<LensEntry>, ModelError> {
     let hidden = model.config.hidden_size;
     let vocab = model.config.vocab_size;
+    let layers = model.config.num_hidden_layers;
+    let last_is_final = layers > 0
+        && logits.len() == vocab
+        && nodes
+            .last()
+            .is_some_and(|(site, _)| *site == Site::MlpOut(layers - 1));
+    let products = &nodes[..nodes.len() - usize::from(last_is_final)];
     let rows: Vec<&[f32]> = nodes
         .iter()
         .map(|(_, a)| &a[position * hidden..(position + 1) * hidden])
         .collect();
-    let sums = running_sums(&rows);
     debug_assert!(nodes.iter().all(|(_, a)| a.len() == seq * hidden));
-    let flat: Vec<f32> = sums.concat();
-    let device = model.model.embed_tokens.weight.val().device();
-    let residual = Tensor::<Autodiff<B>, 3>::from_data(
-        TensorData::new(flat, [1, sums.len(), hidden]),
-        &device,
-    );
-    let normed = model
-        .model
-        .norm
-        .forward(residual)
-        .reshape([sums.len(), hidden]);
-    // On CPUs with AVX-512 BF16 the ranks come from a bf16 screen of the product with exact
-    // values where it cannot decide; elsewhere from the logits, a slice of the vocabulary at
-    // a time.
-    let read = match model.head_ranks(normed.clone(), target_id, TOP) {
-        Some(ranked) => ranked
-            .into_iter()
-            .map(|r| LensRow::ranked(r.target_logit, r.above, &r.candidates))
-            .collect(),
-        None => sliced_lens(model, normed, vocab, target_id)?,
+    let mut sums = running_sums(&rows);
+    sums.truncate(products.len());
+    let mut read = if sums.is_empty() {
+        Vec::new()
+    } else {
+        let flat: Vec<f32> = sums.concat();
+        let device = model.model.embed_tokens.weight.val().device();
+        let residual = Tensor::<Autodiff<B>, 3>::from_data(
+            TensorData::new(flat, [1, sums.len(), hidden]),
+            &device,
+        );
+        let normed = model
+            .model
+            .norm
+            .forward(residual)
+            .reshape([sums.len(), hidden]);
+        // On CPUs with AVX-512 BF16 the ranks come from a bf16 screen of the product with
+        // exact values where it cannot decide; elsewhere from the logits, a slice of the
+        // vocabulary at a time.
+        match model.head_ranks(normed.clone(), target_id, TOP) {
+            Some(ranked) => ranked
+                .into_iter()
+                .map(|r| LensRow::ranked(r.target_logit, r.above, &r.candidates))
+                .collect(),
+            None => sliced_lens(model, normed, vocab, target_id)?,
+        }
     };
+    if last_is_final {
+        let mut row = LensRow::new(logits[target_id as usize]);
+        row.add(0, logits);
+        read.push(row);
+    }
     Ok(nodes
         .iter()
         .zip(read)

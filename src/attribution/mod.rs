@@ -427,7 +427,7 @@ pub fn attribute_loaded_with<B: Backend>(
                 .iter()
                 .map(|s| (*s, activations[s].as_slice()))
                 .collect();
-            lens::logit_lens(model, &clean, position, seq, target_id)?
+            lens::logit_lens(model, &clean, position, seq, target_id, &host)?
         } else {
             Vec::new()
         };

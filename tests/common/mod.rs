@@ -110,6 +110,17 @@ pub struct RefHead {
     pub per_position: Vec<f64>,
 }
 
+/// One row of the reference's logit lens (at the last position).
+#[derive(Debug, Deserialize)]
+pub struct RefLens {
+    pub after: String,
+    pub target_rank: usize,
+    pub target_logit: f32,
+    /// The distance from the target's logit to the nearest other logit.
+    pub target_margin: f32,
+    pub top: Vec<RefLogit>,
+}
+
 /// One prompt of a reference file.
 #[derive(Debug, Deserialize)]
 pub struct RefCase {
@@ -130,6 +141,9 @@ pub struct RefCase {
     pub edges: Vec<RefEdge>,
     #[serde(default)]
     pub heads: Vec<RefHead>,
+    /// The logit lens, present for the fixtures.
+    #[serde(default)]
+    pub lens: Vec<RefLens>,
 }
 
 /// A `tests/fixtures/reference/*.json` file.
