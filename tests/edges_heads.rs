@@ -73,25 +73,26 @@ fn a_layers_heads_sum_to_its_attention_node_and_edges_out_of_a_node_to_its_signe
     }
 }
 
-/// The lens after the last sublayer is the model's own prediction: its top five and the
-/// target's logit equal the forward pass's logits bit for bit, on backend `B`.
-fn the_last_lens_row_is_the_prediction_on<B: burn::tensor::backend::Backend>() {
+/// The default attribution of the predicted token with the logit lens, on backend `B`.
+fn run_with_lens<B: burn::tensor::backend::Backend>(
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
+    ids: &[u32],
+) -> Outcome {
     use attrib::attribution::{attribute_loaded_with, Options};
 
-    let model = common::load_fixture::<Autodiff<B>>("tiny-untied");
     let with_lens = Options {
         lens: true,
         ..Options::default()
     };
+    attribute_loaded_with(model, ids, Objective::default(), with_lens, &mut |_| {}).unwrap()
+}
+
+/// The lens after the last sublayer is the model's own prediction: its top five and the
+/// target's logit equal the forward pass's logits bit for bit, on backend `B`.
+fn the_last_lens_row_is_the_prediction_on<B: burn::tensor::backend::Backend>() {
+    let model = common::load_fixture::<Autodiff<B>>("tiny-untied");
     for case in reference("tiny-untied").cases.iter().take(4) {
-        let out = attribute_loaded_with(
-            &model,
-            &case.input_ids,
-            Objective::default(),
-            with_lens.clone(),
-            &mut |_| {},
-        )
-        .unwrap();
+        let out = run_with_lens(&model, &case.input_ids);
         let plain = attribute_loaded(&model, &case.input_ids, Objective::default(), &mut |_| {});
         assert!(plain.unwrap().lens.is_empty());
         assert_eq!(out.lens.len(), out.nodes.len());
@@ -109,23 +110,10 @@ fn the_last_lens_row_is_the_prediction_on<B: burn::tensor::backend::Backend>() {
 /// the five highest within 1e-5, the target's rank exactly (where no other logit lies within
 /// twice that of the target's) and the five highest ids (where no two of them lie that close).
 fn the_lens_equals_the_reference_on<B: burn::tensor::backend::Backend>(name: &str) {
-    use attrib::attribution::{attribute_loaded_with, Options};
-
     let model = common::load_fixture::<Autodiff<B>>(name);
-    let with_lens = Options {
-        lens: true,
-        ..Options::default()
-    };
     let tol = |v: f32| 1e-5 * (1.0 + v.abs());
     for case in &reference(name).cases {
-        let out = attribute_loaded_with(
-            &model,
-            &case.input_ids,
-            Objective::default(),
-            with_lens.clone(),
-            &mut |_| {},
-        )
-        .unwrap();
+        let out = run_with_lens(&model, &case.input_ids);
         assert_eq!(out.lens.len(), case.lens.len(), "{:?}", case.prompt);
         for (got, want) in out.lens.iter().zip(&case.lens) {
             let at = format!("{name} {:?} after {}", case.prompt, want.after);
