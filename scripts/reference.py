@@ -305,8 +305,9 @@ def compute_case(model, tokenizer, prompt, chat=False, logits="full", target_id=
     # logit lens at the last position: the final norm and the LM head applied to the
     # residual stream after each node (embeddings + every sublayer output so far, summed in
     # the model's order), the target's rank (1 + entries above it), logit and the top five;
-    # `target_margin`, the distance from the target's logit to the nearest other one, tells a
-    # test whether another summation order may move the rank
+    # `target_near`, how many other logits lie within 1e-4 * (1 + |target logit|) of the
+    # target's, bounds how far another summation order (whose logits err by less than half
+    # that) can move the rank
     lens = []
     with torch.no_grad():
         resid = None
@@ -320,7 +321,7 @@ def compute_case(model, tokenizer, prompt, chat=False, logits="full", target_id=
                     "after": name,
                     "target_rank": int((row > row[target]).sum()) + 1,
                     "target_logit": f32(row[target]),
-                    "target_margin": f32((torch.cat([row[:target], row[target + 1:]]) - row[target]).abs().min()),
+                    "target_near": int(((row - row[target]).abs() <= 1e-4 * (1 + row[target].abs())).sum()) - 1,
                     "top": [{"id": int(i), "logit": f32(v)} for v, i in zip(vals.tolist(), idx.tolist())],
                 }
             )

@@ -106,38 +106,22 @@ fn the_last_lens_row_is_the_prediction_on<B: burn::tensor::backend::Backend>() {
 }
 
 /// Every row of the logit lens equals the reference's (the final norm and LM head applied in
-/// PyTorch to the residual stream after each node), on backend `B`: the target's logit and
-/// the five highest within 1e-5, the target's rank exactly (where no other logit lies within
-/// twice that of the target's) and the five highest ids (where no two of them lie that close).
+/// PyTorch to the residual stream after each node), on backend `B`, within 1e-5
+/// ([`common::check_lens_row`]).
 fn the_lens_equals_the_reference_on<B: burn::tensor::backend::Backend>(name: &str) {
     let model = common::load_fixture::<Autodiff<B>>(name);
-    let tol = |v: f32| 1e-5 * (1.0 + v.abs());
     for case in &reference(name).cases {
         let out = run_with_lens(&model, &case.input_ids);
         assert_eq!(out.lens.len(), case.lens.len(), "{:?}", case.prompt);
         for (got, want) in out.lens.iter().zip(&case.lens) {
             let at = format!("{name} {:?} after {}", case.prompt, want.after);
-            assert_eq!(got.after, want.after, "{at}");
-            let t = want.target_logit;
-            assert!(
-                (got.target_logit - t).abs() <= tol(t),
-                "{at}: {} vs {t}",
-                got.target_logit
+            let row = (
+                got.after.as_str(),
+                got.target_rank,
+                got.target_logit,
+                &got.top[..],
             );
-            if want.target_margin > 2.0 * tol(t) {
-                assert_eq!(got.target_rank, want.target_rank, "{at}");
-            } else {
-                assert!(got.target_rank.abs_diff(want.target_rank) <= 1, "{at}");
-            }
-            assert_eq!(got.top.len(), want.top.len(), "{at}");
-            for (i, (&(id, logit), w)) in got.top.iter().zip(&want.top).enumerate() {
-                assert!((logit - w.logit).abs() <= tol(w.logit), "{at}: top {i}");
-                let tied = (want.top.iter().enumerate())
-                    .any(|(j, o)| j != i && (o.logit - w.logit).abs() <= 2.0 * tol(w.logit));
-                if !tied {
-                    assert_eq!(id, w.id, "{at}: top {i}");
-                }
-            }
+            common::check_lens_row(&at, row, want, 1e-5);
         }
     }
 }

