@@ -1,4 +1,5 @@
-//! Real Qwen2.5 checkpoints against transformers: top-5 logits and every node score.
+//! Real Qwen2.5 checkpoints against transformers: top-5 logits, every node score and every
+//! row of the logit lens.
 //!
 //! The checkpoints are gigabytes and not in the repository, so these tests are ignored by
 //! default. Make the folders as `scripts/README.md` says (Qwen2.5-Coder-0.5B/1.5B-Instruct,
@@ -9,7 +10,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use attrib::attribution::{attribute_loaded, Objective};
+use attrib::attribution::{attribute_loaded_with, Objective, Options};
 use attrib::model::load::SafetensorsSource;
 use attrib::model::{Qwen2Config, Qwen2ForCausalLM};
 use burn::backend::Autodiff;
@@ -31,8 +32,18 @@ fn check(var: &str, name: &str) {
         Qwen2ForCausalLM::<Autodiff<TestBackend>>::load(&config, &source, &Default::default())
             .unwrap();
     for case in reference(name).cases.iter().filter(|c| !c.chat) {
-        let out =
-            attribute_loaded(&model, &case.input_ids, Objective::default(), &mut |_| {}).unwrap();
+        let with_lens = Options {
+            lens: true,
+            ..Options::default()
+        };
+        let out = attribute_loaded_with(
+            &model,
+            &case.input_ids,
+            Objective::default(),
+            with_lens,
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(out.predicted_id, case.top5[0].id);
         assert!(
             (out.target_logit - case.top5[0].logit as f64).abs()
@@ -52,6 +63,16 @@ fn check(var: &str, name: &str) {
             );
         }
         eprintln!("{name}: worst relative node-score difference {worst:.2e}");
+        assert_eq!(out.lens.len(), case.lens.len());
+        for (got, want) in out.lens.iter().zip(&case.lens) {
+            let row = (
+                got.after.as_str(),
+                got.target_rank,
+                got.target_logit,
+                &got.top[..],
+            );
+            common::check_lens_row(&format!("{name} after {}", want.after), row, want, 5e-5);
+        }
     }
 }
 
