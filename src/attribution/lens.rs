@@ -109,7 +109,7 @@ impl LensRow {
     }
 }
 
-/// Vocabulary entries per slice of the logit lens's product: 57 rows of logits for 16,384
+/// Vocabulary entries per slice of the logit lens's product: 56 rows of logits for 16,384
 /// entries are 3.7 MB, reused from one slice to the next.
 const LENS_SLICE: usize = 1 << 14;
 

@@ -1,7 +1,7 @@
 //! Ranks in `x · Wᵀ` for a few dozen rows on CPUs with AVX-512 BF16: every entry screened
 //! in bf16, exact f32 values only where the screen cannot decide.
 //!
-//! The logit lens needs, for each of its rows (57 for Qwen2.5-1.5B), the target's logit, how
+//! The logit lens needs, for each of its rows (56 for Qwen2.5-1.5B), the target's logit, how
 //! many entries exceed it and the five highest: the whole LM head against every row, a
 //! compute-bound product (27 GFLOP there). `vdpbf16ps` does twice the multiply-adds of an f32
 //! FMA per instruction, so the screen costs about half the f32 product. CPUs with AMX (Intel
@@ -29,7 +29,7 @@
 //!
 //! Most undecided entries come from a few rows of `x` (the early layers' residual stream,
 //! where the target sits among tens of thousands of close entries), and their bound is mostly
-//! `‖δx‖·‖w‖`. The products take `x` padded with zero rows to a multiple of their tile (57
+//! `‖δx‖·‖w‖`. The products take `x` padded with zero rows to a multiple of their tile (56
 //! rows to 64 on AMX); the padding slots carry instead, for the rows with most undecided
 //! entries in a few first tasks ([`PILOT_TASKS`]), the bf16 rounding of `x − x̂`, screened
 //! with the rest and added to the row's entries, which takes `‖δx‖` out of its bound

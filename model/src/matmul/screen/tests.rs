@@ -197,8 +197,8 @@ fn the_screen_equals_the_exact_product() {
     if !available() {
         return;
     }
-    // Enough columns for several parallel tasks, which share their bars; 57 rows (the
-    // 1.5B model's lens) take two passes of AMX's 32, the second part padding.
+    // Enough columns for several parallel tasks, which share their bars; 57 rows (one per
+    // node of the 1.5B model) take two passes of AMX's 32, the second part padding.
     for (m, n, k) in [(7, 5000, 96), (57, 3000, 64)] {
         let x = noise(1, m * k);
         let w = noise(2, n * k);
