@@ -135,14 +135,13 @@ pub(super) fn logit_lens<B: Backend>(
         && nodes
             .last()
             .is_some_and(|(site, _)| *site == Site::MlpOut(layers - 1));
-    let products = &nodes[..nodes.len() - usize::from(last_is_final)];
-    let rows: Vec<&[f32]> = nodes
+    debug_assert!(nodes.iter().all(|(_, a)| a.len() == seq * hidden));
+    // The rows the head multiplies: all but the final one where the logits stand for it.
+    let rows: Vec<&[f32]> = nodes[..nodes.len() - usize::from(last_is_final)]
         .iter()
         .map(|(_, a)| &a[position * hidden..(position + 1) * hidden])
         .collect();
-    debug_assert!(nodes.iter().all(|(_, a)| a.len() == seq * hidden));
-    let mut sums = running_sums(&rows);
-    sums.truncate(products.len());
+    let sums = running_sums(&rows);
     let mut read = if sums.is_empty() {
         Vec::new()
     } else {
