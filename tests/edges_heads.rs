@@ -73,26 +73,12 @@ fn a_layers_heads_sum_to_its_attention_node_and_edges_out_of_a_node_to_its_signe
     }
 }
 
-/// The default attribution of the predicted token with the logit lens, on backend `B`.
-fn run_with_lens<B: burn::tensor::backend::Backend>(
-    model: &Qwen2ForCausalLM<Autodiff<B>>,
-    ids: &[u32],
-) -> Outcome {
-    use attrib::attribution::{attribute_loaded_with, Options};
-
-    let with_lens = Options {
-        lens: true,
-        ..Options::default()
-    };
-    attribute_loaded_with(model, ids, Objective::default(), with_lens, &mut |_| {}).unwrap()
-}
-
 /// The lens after the last sublayer is the model's own prediction: its top five and the
 /// target's logit equal the forward pass's logits bit for bit, on backend `B`.
 fn the_last_lens_row_is_the_prediction_on<B: burn::tensor::backend::Backend>() {
     let model = common::load_fixture::<Autodiff<B>>("tiny-untied");
     for case in reference("tiny-untied").cases.iter().take(4) {
-        let out = run_with_lens(&model, &case.input_ids);
+        let out = common::run_with_lens(&model, &case.input_ids);
         let plain = attribute_loaded(&model, &case.input_ids, Objective::default(), &mut |_| {});
         assert!(plain.unwrap().lens.is_empty());
         assert_eq!(out.lens.len(), out.nodes.len());
@@ -107,22 +93,17 @@ fn the_last_lens_row_is_the_prediction_on<B: burn::tensor::backend::Backend>() {
 
 /// Every row of the logit lens equals the reference's (the final norm and LM head applied in
 /// PyTorch to the residual stream after each node), on backend `B`, within 1e-5
-/// ([`common::check_lens_row`]).
+/// ([`common::check_lens`]).
 fn the_lens_equals_the_reference_on<B: burn::tensor::backend::Backend>(name: &str) {
     let model = common::load_fixture::<Autodiff<B>>(name);
     for case in &reference(name).cases {
-        let out = run_with_lens(&model, &case.input_ids);
-        assert_eq!(out.lens.len(), case.lens.len(), "{:?}", case.prompt);
-        for (got, want) in out.lens.iter().zip(&case.lens) {
-            let at = format!("{name} {:?} after {}", case.prompt, want.after);
-            let row = (
-                got.after.as_str(),
-                got.target_rank,
-                got.target_logit,
-                &got.top[..],
-            );
-            common::check_lens_row(&at, row, want, 1e-5);
-        }
+        let out = common::run_with_lens(&model, &case.input_ids);
+        common::check_lens(
+            &format!("{name} {:?}", case.prompt),
+            &out.lens,
+            &case.lens,
+            1e-5,
+        );
     }
 }
 

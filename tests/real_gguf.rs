@@ -12,6 +12,7 @@ mod common;
 
 use std::process::Command;
 
+use attrib::attribution::LensEntry;
 use common::reference;
 
 const RELATIVE: f64 = 1e-3;
@@ -130,26 +131,23 @@ fn qwen2_5_coder_0_5b_gguf_equals_transformers() {
     }
 
     // The lens: the screen (or the sliced product) against PyTorch's final norm and LM head.
-    let lens = graph["lens"].as_array().unwrap();
-    assert_eq!(lens.len(), case.lens.len());
-    for (got, want) in lens.iter().zip(&case.lens) {
-        let top: Vec<(u32, f32)> = got["top"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| {
-                (
-                    t["id"].as_u64().unwrap() as u32,
-                    t["logit"].as_f64().unwrap() as f32,
-                )
-            })
-            .collect();
-        let row = (
-            got["after"].as_str().unwrap(),
-            got["target_rank"].as_u64().unwrap() as usize,
-            got["target_logit"].as_f64().unwrap() as f32,
-            &top[..],
-        );
-        common::check_lens_row(&format!("after {}", want.after), row, want, 5e-5);
-    }
+    let lens: Vec<LensEntry> = graph["lens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| LensEntry {
+            after: row["after"].as_str().unwrap().to_string(),
+            target_rank: row["target_rank"].as_u64().unwrap() as usize,
+            target_logit: row["target_logit"].as_f64().unwrap() as f32,
+            top: (row["top"].as_array().unwrap().iter())
+                .map(|t| {
+                    (
+                        t["id"].as_u64().unwrap() as u32,
+                        t["logit"].as_f64().unwrap() as f32,
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    common::check_lens(&case.prompt, &lens, &case.lens, 5e-5);
 }

@@ -10,7 +10,6 @@ mod common;
 
 use std::path::PathBuf;
 
-use attrib::attribution::{attribute_loaded_with, Objective, Options};
 use attrib::model::load::SafetensorsSource;
 use attrib::model::{Qwen2Config, Qwen2ForCausalLM};
 use burn::backend::Autodiff;
@@ -32,18 +31,7 @@ fn check(var: &str, name: &str) {
         Qwen2ForCausalLM::<Autodiff<TestBackend>>::load(&config, &source, &Default::default())
             .unwrap();
     for case in reference(name).cases.iter().filter(|c| !c.chat) {
-        let with_lens = Options {
-            lens: true,
-            ..Options::default()
-        };
-        let out = attribute_loaded_with(
-            &model,
-            &case.input_ids,
-            Objective::default(),
-            with_lens,
-            &mut |_| {},
-        )
-        .unwrap();
+        let out = common::run_with_lens(&model, &case.input_ids);
         assert_eq!(out.predicted_id, case.top5[0].id);
         assert!(
             (out.target_logit - case.top5[0].logit as f64).abs()
@@ -63,16 +51,7 @@ fn check(var: &str, name: &str) {
             );
         }
         eprintln!("{name}: worst relative node-score difference {worst:.2e}");
-        assert_eq!(out.lens.len(), case.lens.len());
-        for (got, want) in out.lens.iter().zip(&case.lens) {
-            let row = (
-                got.after.as_str(),
-                got.target_rank,
-                got.target_logit,
-                &got.top[..],
-            );
-            common::check_lens_row(&format!("{name} after {}", want.after), row, want, 5e-5);
-        }
+        common::check_lens(name, &out.lens, &case.lens, 5e-5);
     }
 }
 

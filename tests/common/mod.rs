@@ -121,44 +121,60 @@ pub struct RefLens {
     pub top: Vec<RefLogit>,
 }
 
-/// One row of the logit lens as computed: node, the target's rank and logit, the five
-/// highest `(id, logit)`.
-pub type LensRow<'a> = (&'a str, usize, f32, &'a [(u32, f32)]);
+/// The default attribution of the predicted token with the logit lens.
+pub fn run_with_lens<B: burn::tensor::backend::Backend>(
+    model: &attrib::model::Qwen2ForCausalLM<burn::backend::Autodiff<B>>,
+    ids: &[u32],
+) -> attrib::attribution::Outcome {
+    use attrib::attribution::{attribute_loaded_with, Objective, Options};
 
-/// A computed lens row equals the reference's: the target's logit and the five highest
-/// within `rel · (1 + |logit|)`; the rank apart by at most the reference's `target_near`
-/// (logits that close to the target's may fall on either side of it in another summation
-/// order: `rel` must be at most half of 1e-4 for that bound to hold); the five highest ids
-/// equal except where two of them lie within twice the tolerance.
-pub fn check_lens_row(at: &str, (after, rank, logit, top): LensRow, want: &RefLens, rel: f32) {
+    let with_lens = Options {
+        lens: true,
+        ..Options::default()
+    };
+    attribute_loaded_with(model, ids, Objective::default(), with_lens, &mut |_| {}).unwrap()
+}
+
+/// A computed lens equals the reference's, row by row: the target's logit and the five
+/// highest within `rel · (1 + |logit|)`; the rank apart by at most the reference's
+/// `target_near` (logits that close to the target's may fall on either side of it in another
+/// summation order: `rel` must be at most half of 1e-4 for that bound to hold); the five
+/// highest ids equal except where two of them lie within twice the tolerance. `at` names the
+/// case in failures.
+pub fn check_lens(at: &str, lens: &[attrib::attribution::LensEntry], want: &[RefLens], rel: f32) {
     let tol = |v: f32| rel * (1.0 + v.abs());
     assert!(
         rel <= 0.5e-4,
         "{at}: a tolerance the reference's target_near does not cover"
     );
-    assert_eq!(after, want.after, "{at}");
-    let t = want.target_logit;
-    assert!(
-        (logit - t).abs() <= tol(t),
-        "{at}: target logit {logit} vs {t}"
-    );
-    assert!(
-        rank.abs_diff(want.target_rank) <= want.target_near,
-        "{at}: rank {rank} vs {} ({} logits near the target's)",
-        want.target_rank,
-        want.target_near
-    );
-    assert_eq!(top.len(), want.top.len(), "{at}");
-    for (i, (&(id, l), w)) in top.iter().zip(&want.top).enumerate() {
+    assert_eq!(lens.len(), want.len(), "{at}");
+    for (got, want) in lens.iter().zip(want) {
+        let at = format!("{at} after {}", want.after);
+        assert_eq!(got.after, want.after, "{at}");
+        let (logit, t) = (got.target_logit, want.target_logit);
         assert!(
-            (l - w.logit).abs() <= tol(w.logit),
-            "{at}: top {i}: {l} vs {}",
-            w.logit
+            (logit - t).abs() <= tol(t),
+            "{at}: target logit {logit} vs {t}"
         );
-        let tied = (want.top.iter().enumerate())
-            .any(|(j, o)| j != i && (o.logit - w.logit).abs() <= 2.0 * tol(w.logit));
-        if !tied {
-            assert_eq!(id, w.id, "{at}: top {i}");
+        assert!(
+            got.target_rank.abs_diff(want.target_rank) <= want.target_near,
+            "{at}: rank {} vs {} ({} logits near the target's)",
+            got.target_rank,
+            want.target_rank,
+            want.target_near
+        );
+        assert_eq!(got.top.len(), want.top.len(), "{at}");
+        for (i, (&(id, l), w)) in got.top.iter().zip(&want.top).enumerate() {
+            assert!(
+                (l - w.logit).abs() <= tol(w.logit),
+                "{at}: top {i}: {l} vs {}",
+                w.logit
+            );
+            let tied = (want.top.iter().enumerate())
+                .any(|(j, o)| j != i && (o.logit - w.logit).abs() <= 2.0 * tol(w.logit));
+            if !tied {
+                assert_eq!(id, w.id, "{at}: top {i}");
+            }
         }
     }
 }
@@ -183,7 +199,7 @@ pub struct RefCase {
     pub edges: Vec<RefEdge>,
     #[serde(default)]
     pub heads: Vec<RefHead>,
-    /// The logit lens, present for the fixtures.
+    /// The logit lens at the last position.
     #[serde(default)]
     pub lens: Vec<RefLens>,
 }
