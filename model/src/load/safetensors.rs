@@ -97,7 +97,7 @@ impl SafetensorsSource {
     /// embedding table's unused rows never are). Worth it only for a backend that keeps the
     /// data it is given (burn-flex); one that copies anyway would hold both.
     ///
-    /// The maps are then also advised to use 2 MiB pages ([`advise_huge_pages`]), since the
+    /// The maps are then also advised to use 2 MiB pages (`pages::advise_huge_pages`), since the
     /// model reads every weight through them on every pass.
     pub fn in_place(mut self, yes: bool) -> Self {
         self.in_place = yes;

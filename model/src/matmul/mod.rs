@@ -3,13 +3,13 @@
 //! On the flex backend the product is this module's own operation, plain and under autodiff
 //! (its backward step gives the input gradient `g · W`; weights and biases get none). On
 //! x86-64 CPUs with AVX2 and FMA:
-//! - 1 ..= [`MAX_FEW_ROWS`] rows: [`avx2`]'s streaming kernels, which read each weight once
+//! - 1 ..= [`MAX_FEW_ROWS`] rows: `avx2`'s streaming kernels, which read each weight once
 //!   and keep the few rows in registers and L1. Their input gradient skips the rows of `W`
 //!   whose coefficients are all zero: the LM head at the target position (one row) under a
 //!   logit target gets a one-hot gradient, so its backward step reads one row of the table
-//!   instead of all of it. With AVX-512 they run as [`wide`]'s forms, which give the same
+//!   instead of all of it. With AVX-512 they run as `wide`'s forms, which give the same
 //!   bits from about half the instructions.
-//! - up to [`MAX_BLOCKED_ROWS`] rows: [`blocked`]'s kernels, which read `W` where it lies and
+//! - up to [`MAX_BLOCKED_ROWS`] rows: `blocked`'s kernels, which read `W` where it lies and
 //!   multiply while they read it. A general matmul first packs `W` into its own layout, which
 //!   at a few dozen rows costs a fifth of the product and keeps the memory traffic and the
 //!   arithmetic apart: at 64 rows these kernels run the 1.5B model's products at 170-200
