@@ -11,6 +11,7 @@ pub mod attribution;
 pub mod cli;
 pub mod gguf_tokenizer;
 pub mod graph;
+pub mod memory;
 pub mod neuronpedia;
 pub mod output;
 pub mod predict;

@@ -4,10 +4,12 @@
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use serde::Serialize;
 
-use crate::backends::{self, BackendJob, BackendKind, Selection};
+use crate::backends::{self, BackendJob, BackendKind, Precision, Selection};
+use crate::memory;
+use crate::model::load::WeightSource;
 use crate::model::{ModelError, Qwen2Config, Qwen2ForCausalLM};
 use crate::progress::Progress;
-use crate::source::ModelFiles;
+use crate::source::{Format, ModelFiles};
 
 /// Loads the model in `files` onto `device` for the backend `selection` names, reporting each
 /// layer to `progress`.
@@ -22,6 +24,12 @@ pub fn load_model<B: Backend>(
     // backend copies them onto its device, from the map rather than from a copy of it.
     let in_place = selection.kind == BackendKind::Flex || selection.device != "cpu";
     let source = files.weights(in_place)?;
+    // On the CPU a GGUF file's blocks are decoded into memory of the process's own, and so is
+    // every tensor on a backend that does not read them in place: refused here, in one line,
+    // rather than by the out-of-memory killer halfway through.
+    if selection.device == "cpu" && (files.format == Format::Gguf || !in_place) {
+        check_memory(files, source.as_ref(), selection)?;
+    }
     progress.start("loading weights", Some(config.num_hidden_layers as u64 + 2));
     let model =
         Qwen2ForCausalLM::load_with_progress(config, source.as_ref(), device, &mut |done, _| {
@@ -29,6 +37,41 @@ pub fn load_model<B: Backend>(
         });
     progress.finish();
     model
+}
+
+/// Fails with one line if `source`'s tensors, held in `selection`'s precision, would not fit
+/// in the memory this machine has available.
+fn check_memory(
+    files: &ModelFiles,
+    source: &dyn WeightSource,
+    selection: &Selection,
+) -> Result<(), ModelError> {
+    let (bytes, dtype) = match selection.dtype {
+        Precision::F32 => (4, "f32"),
+        half => (2, half.name()),
+    };
+    let gguf = files.format == Format::Gguf;
+    let how = match gguf {
+        true => format!("once decoded to {dtype}"),
+        false => format!("in {dtype} on {}", selection.kind),
+    };
+    let instead = match (gguf, selection.dtype) {
+        (true, Precision::F32) if selection.kind == BackendKind::Flex => {
+            "--dtype bf16 needs about half (with scores less exact than f32's)"
+        }
+        (false, _) if BackendKind::Flex.is_compiled() => {
+            "the flex backend (--backend flex) reads the folder's tensors in place"
+        }
+        _ => "",
+    };
+    memory::check(
+        &files.path,
+        memory::weight_bytes(source, bytes),
+        memory::available_bytes(),
+        &how,
+        instead,
+    )
+    .map_err(ModelError::Source)
 }
 
 /// Token ids as a `[1, seq]` tensor.
