@@ -40,7 +40,7 @@ pub fn attribute_command(
         "Backend: {} (device {}), dtype {}, burn {BURN_VERSION}",
         selection.kind, selection.device, selection.dtype
     ));
-    prepare_dir(&args.out)?;
+    let out = prepare_dir(&args.out)?;
 
     let started = Instant::now();
     let files = source::resolve(&m.model, progress)?;
@@ -182,6 +182,7 @@ pub fn attribute_command(
     for (name, bytes) in &files {
         write_atomic(&args.out.join(name), bytes)?;
     }
+    out.keep();
     say(format!(
         "Wrote {}: attribution.json, graph.html, graph.neuronpedia.json, graph, graph-dag (kept {} of {} nodes, {} of {} edges) and heatmap as SVG and PNG",
         args.out.display(),
