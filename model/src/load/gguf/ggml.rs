@@ -1,5 +1,6 @@
 //! ggml tensor types (ids, names, block sizes) and dequantization to f32.
 
+use std::convert::Infallible;
 use std::fmt;
 
 use crate::load::decode::{decode_runs, floats, threads_for, Float, Unit};
@@ -137,17 +138,14 @@ impl fmt::Display for GgmlType {
     }
 }
 
-/// Blocks decoded per call of a block decoder: 16 Ki values for 256-value blocks, a buffer
-/// that stays in the cache before it is copied into the tensor.
-const BLOCKS_PER_CALL: usize = 64;
-
 /// Converts `n` values of type `ty` stored in `bytes` (whose length the tensor table fixes),
 /// on every core for large tensors ([`decode_runs`]).
 ///
-/// The block types use `rlx-gguf`'s decoders, which compute each value as gguf-py does (the f16
-/// scales widened exactly, then `d * q` or `d * q - m` / `d * q + m` in f32, unfused) and so
-/// match it bit for bit; the fixtures test this for every type. The float types are read from
-/// little-endian bytes by [`floats`], which needs no alignment of the mapped data.
+/// The block types use `rlx-gguf`'s block decoders, which compute each value as gguf-py does
+/// (the f16 scales widened exactly, then `d * q` or `d * q - m` / `d * q + m` in f32, unfused)
+/// and so match it bit for bit; the fixtures test this for every type. Each block is decoded
+/// straight into its place in the tensor. The float types are read from little-endian bytes by
+/// [`floats`], which needs no alignment of the mapped data.
 pub(super) fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
     dequantize_on(ty, bytes, n, threads_for(n))
 }
@@ -170,19 +168,20 @@ pub(super) fn dequantize_on(
         values: ty.block_size(),
         bytes: ty.type_size(),
     };
-    let decoder: fn(&[u8], usize) -> Result<Vec<f32>, String> = match ty {
+    // One block's bytes (`unit.bytes`) into its `unit.values` values.
+    let block: fn(&[u8], &mut [f32]) = match ty {
         GgmlType::F32 => return Ok(floats(bytes, n, Float::F32, threads)),
         GgmlType::F16 => return Ok(floats(bytes, n, Float::F16, threads)),
         // gguf-py: the 16 bits become the top half of an f32.
         GgmlType::BF16 => return Ok(floats(bytes, n, Float::BF16, threads)),
-        GgmlType::Q8_0 => |b, n| rlx_gguf::dequant_q8_0(b, n).map_err(|e| e.to_string()),
-        GgmlType::Q4_0 => |b, n| rlx_gguf::dequant_q4_0(b, n).map_err(|e| e.to_string()),
-        GgmlType::Q4_1 => |b, n| rlx_gguf::dequant_q4_1(b, n).map_err(|e| e.to_string()),
-        GgmlType::Q5_0 => |b, n| rlx_gguf::dequant_q5_0(b, n).map_err(|e| e.to_string()),
-        GgmlType::Q5_1 => |b, n| rlx_gguf::dequant_q5_1(b, n).map_err(|e| e.to_string()),
-        GgmlType::Q4_K => |b, n| rlx_gguf::dequant_q4_k(b, n).map_err(|e| e.to_string()),
-        GgmlType::Q5_K => |b, n| rlx_gguf::dequant_q5_k(b, n).map_err(|e| e.to_string()),
-        GgmlType::Q6_K => |b, n| rlx_gguf::dequant_q6_k(b, n).map_err(|e| e.to_string()),
+        GgmlType::Q8_0 => rlx_gguf::dequant_q8_0_block,
+        GgmlType::Q4_0 => rlx_gguf::dequant_q4_0_block,
+        GgmlType::Q4_1 => rlx_gguf::dequant_q4_1_block,
+        GgmlType::Q5_0 => rlx_gguf::dequant_q5_0_block,
+        GgmlType::Q5_1 => rlx_gguf::dequant_q5_1_block,
+        GgmlType::Q4_K => super::kquants::q4_k,
+        GgmlType::Q5_K => |b, v| rlx_gguf::dequant_q5_k_block(b, super_block(v)),
+        GgmlType::Q6_K => super::kquants::q6_k,
         other => {
             let supported: Vec<&str> = GgmlType::DEQUANTIZABLE.iter().map(|t| t.name()).collect();
             return Err(format!(
@@ -192,21 +191,21 @@ pub(super) fn dequantize_on(
         }
     };
     decode_runs(bytes, n, unit, threads, |bytes, values| {
-        let call = BLOCKS_PER_CALL * unit.values;
         for (out, b) in values
-            .chunks_mut(call)
-            .zip(bytes.chunks(BLOCKS_PER_CALL * unit.bytes))
+            .chunks_exact_mut(unit.values)
+            .zip(bytes.chunks_exact(unit.bytes))
         {
-            let decoded = decoder(b, out.len()).map_err(|e| format!("{ty}: {e}"))?;
-            if decoded.len() != out.len() {
-                return Err(format!(
-                    "{ty}: the decoder gave {} values instead of {}",
-                    decoded.len(),
-                    out.len()
-                ));
-            }
-            out.copy_from_slice(&decoded);
+            block(b, out);
         }
-        Ok(())
+        Ok::<(), Infallible>(())
     })
+    .map_err(|never| match never {})
+}
+
+/// A K-quant super-block's values: `values` holds exactly [`rlx_gguf::QK_K`] (the unit
+/// [`dequantize_on`] splits the tensor into).
+fn super_block(values: &mut [f32]) -> &mut [f32; rlx_gguf::QK_K] {
+    values
+        .try_into()
+        .expect("a K-quant unit is one super-block")
 }

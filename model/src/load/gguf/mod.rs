@@ -28,6 +28,7 @@
 
 mod ggml;
 mod header;
+mod kquants;
 mod reader;
 mod source;
 mod value;

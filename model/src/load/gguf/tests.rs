@@ -91,9 +91,9 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
 
 #[test]
 fn large_tensors_decode_in_parallel_runs_bit_for_bit() {
-    // Each fixture tensor's blocks repeated to 135 blocks (more than two calls of the block
-    // decoders per run): every block decodes on its own, so the values are gguf-py's repeated
-    // alike, however the blocks are split between threads.
+    // Each fixture tensor's blocks repeated to 135 blocks, split unevenly between threads:
+    // every block decodes on its own, so the values are gguf-py's repeated alike, however the
+    // blocks are split.
     let file = GgufFile::open(fixture("quant-samples.gguf")).unwrap();
     let text = std::fs::read_to_string(fixture("quant-samples.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
