@@ -141,10 +141,11 @@ impl fmt::Display for GgmlType {
 /// Converts `n` values of type `ty` stored in `bytes` (whose length the tensor table fixes),
 /// on every core for large tensors ([`decode_runs`]).
 ///
-/// The block types use `rlx-gguf`'s block decoders, which compute each value as gguf-py does
-/// (the f16 scales widened exactly, then `d * q` or `d * q - m` / `d * q + m` in f32, unfused)
-/// and so match it bit for bit; the fixtures test this for every type. Each block is decoded
-/// straight into its place in the tensor. The float types are read from little-endian bytes by
+/// The block types use `rlx-gguf`'s block decoders (Q4_K and Q6_K: [`super::kquants`]'s, eight
+/// values per instruction), which compute each value as gguf-py does (the f16 scales widened
+/// exactly, then `d * q` or `d * q - m` / `d * q + m` in f32, unfused) and so match it bit for
+/// bit; the fixtures test this for every type. Each block is decoded straight into its place
+/// in the tensor. The float types are read from little-endian bytes by
 /// [`floats`], which needs no alignment of the mapped data.
 pub(super) fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
     dequantize_on(ty, bytes, n, threads_for(n))
