@@ -141,8 +141,8 @@ impl fmt::Display for GgmlType {
 /// Converts `n` values of type `ty` stored in `bytes` (whose length the tensor table fixes),
 /// on every core for large tensors ([`decode_runs`]).
 ///
-/// The block types use `rlx-gguf`'s block decoders (Q4_K and Q6_K: [`super::kquants`]'s, eight
-/// values per instruction), which compute each value as gguf-py does (the f16 scales widened
+/// The block types use `rlx-gguf`'s block decoders (Q4_K, Q6_K, Q5_0 and Q8_0:
+/// [`super::avx2_blocks`]'s, eight values per instruction), which compute each value as gguf-py does (the f16 scales widened
 /// exactly, then `d * q` or `d * q - m` / `d * q + m` in f32, unfused) and so match it bit for
 /// bit; the fixtures test this for every type. Each block is decoded straight into its place
 /// in the tensor. The float types are read from little-endian bytes by
@@ -175,14 +175,14 @@ pub(super) fn dequantize_on(
         GgmlType::F16 => return Ok(floats(bytes, n, Float::F16, threads)),
         // gguf-py: the 16 bits become the top half of an f32.
         GgmlType::BF16 => return Ok(floats(bytes, n, Float::BF16, threads)),
-        GgmlType::Q8_0 => rlx_gguf::dequant_q8_0_block,
+        GgmlType::Q8_0 => super::avx2_blocks::q8_0,
         GgmlType::Q4_0 => rlx_gguf::dequant_q4_0_block,
         GgmlType::Q4_1 => rlx_gguf::dequant_q4_1_block,
-        GgmlType::Q5_0 => rlx_gguf::dequant_q5_0_block,
+        GgmlType::Q5_0 => super::avx2_blocks::q5_0,
         GgmlType::Q5_1 => rlx_gguf::dequant_q5_1_block,
-        GgmlType::Q4_K => super::kquants::q4_k,
+        GgmlType::Q4_K => super::avx2_blocks::q4_k,
         GgmlType::Q5_K => |b, v| rlx_gguf::dequant_q5_k_block(b, super_block(v)),
-        GgmlType::Q6_K => super::kquants::q6_k,
+        GgmlType::Q6_K => super::avx2_blocks::q6_k,
         other => {
             let supported: Vec<&str> = GgmlType::DEQUANTIZABLE.iter().map(|t| t.name()).collect();
             return Err(format!(

@@ -26,9 +26,9 @@
 //! opened (known ggml type, sizes that fit whole blocks, data inside the file), so reading a
 //! tensor later can only fail for a type that cannot be dequantized.
 
+mod avx2_blocks;
 mod ggml;
 mod header;
-mod kquants;
 mod reader;
 mod source;
 mod value;

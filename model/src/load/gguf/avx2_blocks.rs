@@ -1,7 +1,10 @@
-//! Q4_K and Q6_K super-blocks (the blocks of a `Q4_K_M` file) decoded eight values per
-//! instruction with AVX2, each value computed as gguf-py computes it, so bit for bit the same:
+//! The blocks of `Q4_K_M` files (Q4_K and Q6_K super-blocks, and Q5_0 and Q8_0 blocks for
+//! the tensors whose rows are not a multiple of 256 values, as in the 0.5B model) decoded
+//! eight values per instruction with AVX2, each value computed as gguf-py computes it, so bit
+//! for bit the same:
 //! - Q4_K: `(d · sc) · q − dmin · m` in f32, `q` a 4-bit value, `sc` and `m` 6-bit;
-//! - Q6_K: `(d · sc) · q` in f32, `q` a 6-bit value less 32, `sc` a signed byte.
+//! - Q6_K: `(d · sc) · q` in f32, `q` a 6-bit value less 32, `sc` a signed byte;
+//! - Q5_0: `d · q`, `q` a 5-bit value less 16; Q8_0: `d · q`, `q` a signed byte.
 //!
 //! Elsewhere (no AVX2, other architectures) `rlx-gguf`'s scalar decoders do it. Decoding the
 //! 1.5B model's Q4_K_M file took about a quarter of its load's processor time with those.
@@ -16,7 +19,7 @@ const Q6_K_BYTES: usize = 210;
 
 /// One Q4_K super-block (`block`, 144 bytes) into `out` (256 values).
 pub(super) fn q4_k(block: &[u8], out: &mut [f32]) {
-    let (block, out) = sized::<Q4_K_BYTES>(block, out);
+    let (block, out) = sized::<Q4_K_BYTES, QK_K>(block, out);
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present.
@@ -27,7 +30,7 @@ pub(super) fn q4_k(block: &[u8], out: &mut [f32]) {
 
 /// One Q6_K super-block (`block`, 210 bytes) into `out` (256 values).
 pub(super) fn q6_k(block: &[u8], out: &mut [f32]) {
-    let (block, out) = sized::<Q6_K_BYTES>(block, out);
+    let (block, out) = sized::<Q6_K_BYTES, QK_K>(block, out);
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present.
@@ -36,11 +39,40 @@ pub(super) fn q6_k(block: &[u8], out: &mut [f32]) {
     rlx_gguf::dequant_q6_k_block(block, out);
 }
 
-/// A super-block's bytes and values as arrays: the unit [`super::ggml`] splits tensors into.
-fn sized<'a, 'b, const N: usize>(
+/// Bytes of a Q5_0 block: `d` (f16), the 32 values' fifth bits, their low four bits.
+const Q5_0_BYTES: usize = 22;
+/// Bytes of a Q8_0 block: `d` (f16) and 32 signed bytes.
+const Q8_0_BYTES: usize = 34;
+/// Values in a Q5_0 or Q8_0 block.
+const QK: usize = 32;
+
+/// One Q5_0 block (`block`, 22 bytes) into `out` (32 values).
+pub(super) fn q5_0(block: &[u8], out: &mut [f32]) {
+    let (block, out) = sized::<Q5_0_BYTES, QK>(block, out);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        return unsafe { q5_0_avx2(block, out) };
+    }
+    rlx_gguf::dequant_q5_0_block(block, out);
+}
+
+/// One Q8_0 block (`block`, 34 bytes) into `out` (32 values).
+pub(super) fn q8_0(block: &[u8], out: &mut [f32]) {
+    let (block, out) = sized::<Q8_0_BYTES, QK>(block, out);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        return unsafe { q8_0_avx2(block, out) };
+    }
+    rlx_gguf::dequant_q8_0_block(block, out);
+}
+
+/// A block's bytes and values as arrays: the unit [`super::ggml`] splits tensors into.
+fn sized<'a, 'b, const N: usize, const V: usize>(
     block: &'a [u8],
     out: &'b mut [f32],
-) -> (&'a [u8; N], &'b mut [f32; QK_K]) {
+) -> (&'a [u8; N], &'b mut [f32; V]) {
     let block = block.try_into().expect("one super-block's bytes");
     let out = out.try_into().expect("one super-block's values");
     (block, out)
@@ -152,6 +184,60 @@ unsafe fn q6_k_avx2(block: &[u8; Q6_K_BYTES], out: &mut [f32; QK_K]) {
     }
 }
 
+/// [`q5_0`] with AVX2: byte `j` holds value `j` in its low nibble and value `j + 16` in its
+/// high one; bit `i` of the 32-bit word before them is value `i`'s fifth bit.
+///
+/// # Safety
+/// AVX2 is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn q5_0_avx2(block: &[u8; Q5_0_BYTES], out: &mut [f32; QK]) {
+    use std::arch::x86_64::*;
+    let d = _mm256_set1_ps(f16_at(&block[0..]));
+    let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+    let (high, qs) = (_mm256_set1_epi32(high as i32), &block[6..]);
+    let (nibble, one, bias) = (
+        _mm256_set1_epi32(0x0F),
+        _mm256_set1_epi32(1),
+        _mm256_set1_epi32(16),
+    );
+    for g in 0..4 {
+        // Values `8g .. 8g + 8`: low nibbles of bytes `8g ..` for g < 2, else high nibbles
+        // of bytes `8(g − 2) ..`.
+        let bytes = widen8(&qs[8 * (g % 2)..]);
+        let bits = match g < 2 {
+            true => _mm256_and_si256(bytes, nibble),
+            false => _mm256_srli_epi32::<4>(bytes),
+        };
+        let shifts = _mm256_add_epi32(
+            _mm256_set1_epi32(8 * g as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        let fifth = _mm256_and_si256(_mm256_srlv_epi32(high, shifts), one);
+        let q = _mm256_or_si256(bits, _mm256_slli_epi32::<4>(fifth));
+        let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, bias));
+        // SAFETY: values `8g .. 8g + 8` lie in `out` (32).
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * g), _mm256_mul_ps(d, q));
+    }
+}
+
+/// [`q8_0`] with AVX2.
+///
+/// # Safety
+/// AVX2 is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn q8_0_avx2(block: &[u8; Q8_0_BYTES], out: &mut [f32; QK]) {
+    use std::arch::x86_64::*;
+    let d = _mm256_set1_ps(f16_at(&block[0..]));
+    for g in 0..4 {
+        // SAFETY: bytes `2 + 8g .. + 8` lie in the block, values `8g .. + 8` in `out`.
+        let bytes = _mm_loadl_epi64(block[2 + 8 * g..].as_ptr() as *const __m128i);
+        let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * g), _mm256_mul_ps(d, q));
+    }
+}
+
 /// The first eight bytes of `bytes` as eight 32-bit integers.
 ///
 /// # Safety
@@ -191,18 +277,18 @@ mod tests {
         bytes
     }
 
-    /// `fast` and `rlx` decode every block to the same bits.
-    fn same_bits(
+    /// `fast` and `scalar` decode every block (of `size` bytes, `V` values) to the same bits.
+    fn same_bits<const V: usize>(
         bytes: &[u8],
         size: usize,
         fast: fn(&[u8], &mut [f32]),
-        rlx: fn(&[u8], &mut [f32; QK_K]),
+        scalar: impl Fn(&[u8], &mut [f32; V]),
     ) {
         for (i, block) in bytes.chunks_exact(size).enumerate() {
-            let (mut got, mut want) = ([0f32; QK_K], [0f32; QK_K]);
+            let (mut got, mut want) = ([0f32; V], [0f32; V]);
             fast(block, &mut got);
-            rlx(block, &mut want);
-            for v in 0..QK_K {
+            scalar(block, &mut want);
+            for v in 0..V {
                 assert_eq!(got[v].to_bits(), want[v].to_bits(), "block {i} value {v}");
             }
         }
@@ -218,5 +304,21 @@ mod tests {
     fn q6_k_blocks_decode_to_the_scalar_decoders_bits() {
         let bytes = blocks(500, Q6_K_BYTES, &[208]);
         same_bits(&bytes, Q6_K_BYTES, q6_k, rlx_gguf::dequant_q6_k_block);
+    }
+
+    #[test]
+    fn q5_0_blocks_decode_to_the_scalar_decoders_bits() {
+        let bytes = blocks(2000, Q5_0_BYTES, &[0]);
+        same_bits::<QK>(&bytes, Q5_0_BYTES, q5_0, |b, v| {
+            rlx_gguf::dequant_q5_0_block(b, v)
+        });
+    }
+
+    #[test]
+    fn q8_0_blocks_decode_to_the_scalar_decoders_bits() {
+        let bytes = blocks(2000, Q8_0_BYTES, &[0]);
+        same_bits::<QK>(&bytes, Q8_0_BYTES, q8_0, |b, v| {
+            rlx_gguf::dequant_q8_0_block(b, v)
+        });
     }
 }
