@@ -1,8 +1,9 @@
-//! The blocks of `Q4_K_M` files (Q4_K and Q6_K super-blocks, and Q5_0 and Q8_0 blocks for
-//! the tensors whose rows are not a multiple of 256 values, as in the 0.5B model) decoded
-//! eight values per instruction with AVX2, each value computed as gguf-py computes it, so bit
-//! for bit the same:
-//! - Q4_K: `(d · sc) · q − dmin · m` in f32, `q` a 4-bit value, `sc` and `m` 6-bit;
+//! The blocks of `Q4_K_M` and `Q5_K_M` files (Q4_K, Q5_K and Q6_K super-blocks, and Q5_0 and
+//! Q8_0 blocks for the tensors whose rows are not a multiple of 256 values, as in the 0.5B
+//! model) decoded eight values per instruction with AVX2, each value computed as gguf-py
+//! computes it, so bit for bit the same:
+//! - Q4_K, Q5_K: `(d · sc) · q − dmin · m` in f32, `q` a 4- or 5-bit value, `sc` and `m`
+//!   6-bit;
 //! - Q6_K: `(d · sc) · q` in f32, `q` a 6-bit value less 32, `sc` a signed byte;
 //! - Q5_0: `d · q`, `q` a 5-bit value less 16; Q8_0: `d · q`, `q` a signed byte.
 //!
@@ -14,6 +15,9 @@ use rlx_gguf::QK_K;
 /// Bytes of a Q4_K super-block: `d`, `dmin` (f16), 12 bytes of packed scales and mins, 128 of
 /// 4-bit values.
 const Q4_K_BYTES: usize = 144;
+/// Bytes of a Q5_K super-block: as Q4_K's, with the values' fifth bits (32 bytes) before their
+/// low four.
+const Q5_K_BYTES: usize = 176;
 /// Bytes of a Q6_K super-block: 128 of low 4 bits, 64 of high 2 bits, 16 signed scales, `d`.
 const Q6_K_BYTES: usize = 210;
 
@@ -26,6 +30,17 @@ pub(super) fn q4_k(block: &[u8], out: &mut [f32]) {
         return unsafe { q4_k_avx2(block, out) };
     }
     rlx_gguf::dequant_q4_k_block(block, out);
+}
+
+/// One Q5_K super-block (`block`, 176 bytes) into `out` (256 values).
+pub(super) fn q5_k(block: &[u8], out: &mut [f32]) {
+    let (block, out) = sized::<Q5_K_BYTES, QK_K>(block, out);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        return unsafe { q5_k_avx2(block, out) };
+    }
+    rlx_gguf::dequant_q5_k_block(block, out);
 }
 
 /// One Q6_K super-block (`block`, 210 bytes) into `out` (256 values).
@@ -127,6 +142,51 @@ unsafe fn q4_k_avx2(block: &[u8; Q4_K_BYTES], out: &mut [f32; QK_K]) {
             // `64·pair + l .. + 8` and `+ 32` in `out` (256).
             let q = widen8(&qs[32 * pair + l..]);
             let (lo, hi) = (_mm256_and_si256(q, nibble), _mm256_srli_epi32::<4>(q));
+            let at = out.as_mut_ptr().add(64 * pair + l);
+            let first = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(lo));
+            _mm256_storeu_ps(at, _mm256_sub_ps(first, m0));
+            let second = _mm256_mul_ps(d1, _mm256_cvtepi32_ps(hi));
+            _mm256_storeu_ps(at.add(32), _mm256_sub_ps(second, m1));
+        }
+    }
+}
+
+/// [`q5_k`] with AVX2: as [`q4_k_avx2`], and byte `l` of the fifth bits holds, in bit `j`,
+/// that of value `l` of sub-block `j`.
+///
+/// # Safety
+/// AVX2 is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn q5_k_avx2(block: &[u8; Q5_K_BYTES], out: &mut [f32; QK_K]) {
+    use std::arch::x86_64::*;
+    let (d, dmin) = (f16_at(&block[0..]), f16_at(&block[2..]));
+    let (scales, qh, qs) = (&block[4..16], &block[16..48], &block[48..]);
+    let (nibble, one) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(1));
+    for pair in 0..4 {
+        let (sc0, m0) = scale_min(2 * pair, scales);
+        let (sc1, m1) = scale_min(2 * pair + 1, scales);
+        let (d0, d1) = (
+            _mm256_set1_ps(d * sc0 as f32),
+            _mm256_set1_ps(d * sc1 as f32),
+        );
+        let (m0, m1) = (
+            _mm256_set1_ps(dmin * m0 as f32),
+            _mm256_set1_ps(dmin * m1 as f32),
+        );
+        let (shift0, shift1) = (
+            _mm256_set1_epi32(2 * pair as i32),
+            _mm256_set1_epi32(2 * pair as i32 + 1),
+        );
+        for l in (0..32).step_by(8) {
+            // SAFETY: bytes `32·pair + l .. + 8` lie in `qs` (128 bytes), `l .. l + 8` in `qh`
+            // (32), values `64·pair + l .. + 8` and `+ 32` in `out` (256).
+            let (q, h) = (widen8(&qs[32 * pair + l..]), widen8(&qh[l..]));
+            let fifth0 = _mm256_and_si256(_mm256_srlv_epi32(h, shift0), one);
+            let fifth1 = _mm256_and_si256(_mm256_srlv_epi32(h, shift1), one);
+            let lo = _mm256_and_si256(q, nibble);
+            let lo = _mm256_or_si256(lo, _mm256_slli_epi32::<4>(fifth0));
+            let hi = _mm256_or_si256(_mm256_srli_epi32::<4>(q), _mm256_slli_epi32::<4>(fifth1));
             let at = out.as_mut_ptr().add(64 * pair + l);
             let first = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(lo));
             _mm256_storeu_ps(at, _mm256_sub_ps(first, m0));
@@ -320,5 +380,11 @@ mod tests {
         same_bits::<QK>(&bytes, Q8_0_BYTES, q8_0, |b, v| {
             rlx_gguf::dequant_q8_0_block(b, v)
         });
+    }
+
+    #[test]
+    fn q5_k_blocks_decode_to_the_scalar_decoders_bits() {
+        let bytes = blocks(500, Q5_K_BYTES, &[0, 2]);
+        same_bits(&bytes, Q5_K_BYTES, q5_k, rlx_gguf::dequant_q5_k_block);
     }
 }

@@ -141,7 +141,7 @@ impl fmt::Display for GgmlType {
 /// Converts `n` values of type `ty` stored in `bytes` (whose length the tensor table fixes),
 /// on every core for large tensors ([`decode_runs`]).
 ///
-/// The block types use `rlx-gguf`'s block decoders (Q4_K, Q6_K, Q5_0 and Q8_0:
+/// The block types use `rlx-gguf`'s block decoders (Q4_K, Q5_K, Q6_K, Q5_0 and Q8_0:
 /// [`super::avx2_blocks`]'s, eight values per instruction), which compute each value as gguf-py does (the f16 scales widened
 /// exactly, then `d * q` or `d * q - m` / `d * q + m` in f32, unfused) and so match it bit for
 /// bit; the fixtures test this for every type. Each block is decoded straight into its place
@@ -181,7 +181,7 @@ pub(super) fn dequantize_on(
         GgmlType::Q5_0 => super::avx2_blocks::q5_0,
         GgmlType::Q5_1 => rlx_gguf::dequant_q5_1_block,
         GgmlType::Q4_K => super::avx2_blocks::q4_k,
-        GgmlType::Q5_K => |b, v| rlx_gguf::dequant_q5_k_block(b, super_block(v)),
+        GgmlType::Q5_K => super::avx2_blocks::q5_k,
         GgmlType::Q6_K => super::avx2_blocks::q6_k,
         other => {
             let supported: Vec<&str> = GgmlType::DEQUANTIZABLE.iter().map(|t| t.name()).collect();
@@ -201,12 +201,4 @@ pub(super) fn dequantize_on(
         Ok::<(), Infallible>(())
     })
     .map_err(|never| match never {})
-}
-
-/// A K-quant super-block's values: `values` holds exactly [`rlx_gguf::QK_K`] (the unit
-/// [`dequantize_on`] splits the tensor into).
-fn super_block(values: &mut [f32]) -> &mut [f32; rlx_gguf::QK_K] {
-    values
-        .try_into()
-        .expect("a K-quant unit is one super-block")
 }
