@@ -46,10 +46,12 @@ fn check_memory(
     source: &dyn WeightSource,
     selection: &Selection,
 ) -> Result<(), ModelError> {
-    let (bytes, dtype) = match selection.dtype {
-        Precision::F32 => (4, "f32"),
-        half => (2, half.name()),
+    let bytes = if selection.dtype == Precision::F32 {
+        4
+    } else {
+        2
     };
+    let dtype = selection.dtype.name();
     let gguf = files.format == Format::Gguf;
     let how = match gguf {
         true => format!("once decoded to {dtype}"),

@@ -7,10 +7,15 @@
 //! - Q6_K: `(d · sc) · q` in f32, `q` a 6-bit value less 32, `sc` a signed byte;
 //! - Q5_0: `d · q`, `q` a 5-bit value less 16; Q8_0: `d · q`, `q` a signed byte.
 //!
-//! Elsewhere (no AVX2, other architectures) `rlx-gguf`'s scalar decoders do it. Decoding the
-//! 1.5B model's Q4_K_M file took about a quarter of its load's processor time with those.
+//! Elsewhere (no AVX2, other architectures) `rlx-gguf`'s scalar decoders do it ([`decoder`]
+//! is `None`). Decoding the 1.5B model's Q4_K_M file took about a quarter of its load's
+//! processor time with those.
+
+use std::arch::x86_64::*;
 
 use rlx_gguf::QK_K;
+
+use super::GgmlType;
 
 /// Bytes of a Q4_K super-block: `d`, `dmin` (f16), 12 bytes of packed scales and mins, 128 of
 /// 4-bit values.
@@ -21,39 +26,6 @@ const Q5_K_BYTES: usize = 176;
 /// Bytes of a Q6_K super-block: 128 of low 4 bits, 64 of high 2 bits, 16 signed scales, `d`.
 const Q6_K_BYTES: usize = 210;
 
-/// One Q4_K super-block (`block`, 144 bytes) into `out` (256 values).
-pub(super) fn q4_k(block: &[u8], out: &mut [f32]) {
-    let (block, out) = sized::<Q4_K_BYTES, QK_K>(block, out);
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present.
-        return unsafe { q4_k_avx2(block, out) };
-    }
-    rlx_gguf::dequant_q4_k_block(block, out);
-}
-
-/// One Q5_K super-block (`block`, 176 bytes) into `out` (256 values).
-pub(super) fn q5_k(block: &[u8], out: &mut [f32]) {
-    let (block, out) = sized::<Q5_K_BYTES, QK_K>(block, out);
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present.
-        return unsafe { q5_k_avx2(block, out) };
-    }
-    rlx_gguf::dequant_q5_k_block(block, out);
-}
-
-/// One Q6_K super-block (`block`, 210 bytes) into `out` (256 values).
-pub(super) fn q6_k(block: &[u8], out: &mut [f32]) {
-    let (block, out) = sized::<Q6_K_BYTES, QK_K>(block, out);
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present.
-        return unsafe { q6_k_avx2(block, out) };
-    }
-    rlx_gguf::dequant_q6_k_block(block, out);
-}
-
 /// Bytes of a Q5_0 block: `d` (f16), the 32 values' fifth bits, their low four bits.
 const Q5_0_BYTES: usize = 22;
 /// Bytes of a Q8_0 block: `d` (f16) and 32 signed bytes.
@@ -61,40 +33,38 @@ const Q8_0_BYTES: usize = 34;
 /// Values in a Q5_0 or Q8_0 block.
 const QK: usize = 32;
 
-/// One Q5_0 block (`block`, 22 bytes) into `out` (32 values).
-pub(super) fn q5_0(block: &[u8], out: &mut [f32]) {
-    let (block, out) = sized::<Q5_0_BYTES, QK>(block, out);
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present.
-        return unsafe { q5_0_avx2(block, out) };
+/// One block's bytes into its values.
+pub(super) type Decoder = fn(&[u8], &mut [f32]);
+
+/// The AVX2 decoder of `ty`'s blocks; `None` where this CPU lacks AVX2 or `ty` is not one of
+/// the five above. Chosen once per tensor, so no block asks for the CPU's features again.
+pub(super) fn decoder(ty: GgmlType) -> Option<Decoder> {
+    if !std::is_x86_feature_detected!("avx2") {
+        return None;
     }
-    rlx_gguf::dequant_q5_0_block(block, out);
+    // SAFETY (every arm): AVX2 is present (checked above, and these pointers are handed out
+    // nowhere else); `array` and `array_mut` check the block's and values' lengths.
+    Some(match ty {
+        GgmlType::Q4_K => |b, v| unsafe { q4_k(array(b), array_mut(v)) },
+        GgmlType::Q5_K => |b, v| unsafe { q5_k(array(b), array_mut(v)) },
+        GgmlType::Q6_K => |b, v| unsafe { q6_k(array(b), array_mut(v)) },
+        GgmlType::Q5_0 => |b, v| unsafe { q5_0(array(b), array_mut(v)) },
+        GgmlType::Q8_0 => |b, v| unsafe { q8_0(array(b), array_mut(v)) },
+        _ => return None,
+    })
 }
 
-/// One Q8_0 block (`block`, 34 bytes) into `out` (32 values).
-pub(super) fn q8_0(block: &[u8], out: &mut [f32]) {
-    let (block, out) = sized::<Q8_0_BYTES, QK>(block, out);
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present.
-        return unsafe { q8_0_avx2(block, out) };
-    }
-    rlx_gguf::dequant_q8_0_block(block, out);
+/// A block's bytes as an array (the unit [`super::ggml`] splits tensors into).
+fn array<const N: usize>(bytes: &[u8]) -> &[u8; N] {
+    bytes.try_into().expect("one block's bytes")
 }
 
-/// A block's bytes and values as arrays: the unit [`super::ggml`] splits tensors into.
-fn sized<'a, 'b, const N: usize, const V: usize>(
-    block: &'a [u8],
-    out: &'b mut [f32],
-) -> (&'a [u8; N], &'b mut [f32; V]) {
-    let block = block.try_into().expect("one super-block's bytes");
-    let out = out.try_into().expect("one super-block's values");
-    (block, out)
+/// A block's values as an array.
+fn array_mut<const N: usize>(values: &mut [f32]) -> &mut [f32; N] {
+    values.try_into().expect("one block's values")
 }
 
 /// The f16 at `bytes[0..2]` (little-endian), widened exactly.
-#[cfg(target_arch = "x86_64")]
 fn f16_at(bytes: &[u8]) -> f32 {
     half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
 }
@@ -102,7 +72,6 @@ fn f16_at(bytes: &[u8]) -> f32 {
 /// Sub-block `j`'s 6-bit scale and min in a Q4_K block's 12 packed bytes (ggml's layout: the
 /// first four in the low 6 bits of bytes 0–7, the last four split between bytes 8–11 and the
 /// top 2 bits of bytes 0–7).
-#[cfg(target_arch = "x86_64")]
 fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -114,15 +83,13 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// [`q4_k`] with AVX2: per pair of sub-blocks, 32 bytes hold the first one's values in their
+/// A Q4_K block with AVX2: per pair of sub-blocks, 32 bytes hold the first one's values in their
 /// low nibbles and the second one's in their high nibbles.
 ///
 /// # Safety
 /// AVX2 is present.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn q4_k_avx2(block: &[u8; Q4_K_BYTES], out: &mut [f32; QK_K]) {
-    use std::arch::x86_64::*;
+unsafe fn q4_k(block: &[u8; Q4_K_BYTES], out: &mut [f32; QK_K]) {
     let (d, dmin) = (f16_at(&block[0..]), f16_at(&block[2..]));
     let (scales, qs) = (&block[4..16], &block[16..]);
     let nibble = _mm256_set1_epi32(0x0F);
@@ -151,15 +118,13 @@ unsafe fn q4_k_avx2(block: &[u8; Q4_K_BYTES], out: &mut [f32; QK_K]) {
     }
 }
 
-/// [`q5_k`] with AVX2: as [`q4_k_avx2`], and byte `l` of the fifth bits holds, in bit `j`,
+/// A Q5_K block with AVX2: as [`q4_k`], and byte `l` of the fifth bits holds, in bit `j`,
 /// that of value `l` of sub-block `j`.
 ///
 /// # Safety
 /// AVX2 is present.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn q5_k_avx2(block: &[u8; Q5_K_BYTES], out: &mut [f32; QK_K]) {
-    use std::arch::x86_64::*;
+unsafe fn q5_k(block: &[u8; Q5_K_BYTES], out: &mut [f32; QK_K]) {
     let (d, dmin) = (f16_at(&block[0..]), f16_at(&block[2..]));
     let (scales, qh, qs) = (&block[4..16], &block[16..48], &block[48..]);
     let (nibble, one) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(1));
@@ -196,16 +161,14 @@ unsafe fn q5_k_avx2(block: &[u8; Q5_K_BYTES], out: &mut [f32; QK_K]) {
     }
 }
 
-/// [`q6_k`] with AVX2: in each half of the block, byte `l` of the low bits holds values `l`
+/// A Q6_K block with AVX2: in each half of the block, byte `l` of the low bits holds values `l`
 /// and `l + 64` (low and high nibble), byte `l + 32` values `l + 32` and `l + 96`, and byte `l`
 /// of the high bits the top two bits of all four; a scale serves 16 values.
 ///
 /// # Safety
 /// AVX2 is present.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn q6_k_avx2(block: &[u8; Q6_K_BYTES], out: &mut [f32; QK_K]) {
-    use std::arch::x86_64::*;
+unsafe fn q6_k(block: &[u8; Q6_K_BYTES], out: &mut [f32; QK_K]) {
     let (ql, qh, sc) = (&block[0..128], &block[128..192], &block[192..208]);
     let d = f16_at(&block[208..]);
     let (nibble, two, bias) = (
@@ -244,15 +207,13 @@ unsafe fn q6_k_avx2(block: &[u8; Q6_K_BYTES], out: &mut [f32; QK_K]) {
     }
 }
 
-/// [`q5_0`] with AVX2: byte `j` holds value `j` in its low nibble and value `j + 16` in its
+/// A Q5_0 block with AVX2: byte `j` holds value `j` in its low nibble and value `j + 16` in its
 /// high one; bit `i` of the 32-bit word before them is value `i`'s fifth bit.
 ///
 /// # Safety
 /// AVX2 is present.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn q5_0_avx2(block: &[u8; Q5_0_BYTES], out: &mut [f32; QK]) {
-    use std::arch::x86_64::*;
+unsafe fn q5_0(block: &[u8; Q5_0_BYTES], out: &mut [f32; QK]) {
     let d = _mm256_set1_ps(f16_at(&block[0..]));
     let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
     let (high, qs) = (_mm256_set1_epi32(high as i32), &block[6..]);
@@ -281,14 +242,12 @@ unsafe fn q5_0_avx2(block: &[u8; Q5_0_BYTES], out: &mut [f32; QK]) {
     }
 }
 
-/// [`q8_0`] with AVX2.
+/// A Q8_0 block with AVX2.
 ///
 /// # Safety
 /// AVX2 is present.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn q8_0_avx2(block: &[u8; Q8_0_BYTES], out: &mut [f32; QK]) {
-    use std::arch::x86_64::*;
+unsafe fn q8_0(block: &[u8; Q8_0_BYTES], out: &mut [f32; QK]) {
     let d = _mm256_set1_ps(f16_at(&block[0..]));
     for g in 0..4 {
         // SAFETY: bytes `2 + 8g .. + 8` lie in the block, values `8g .. + 8` in `out`.
@@ -302,10 +261,8 @@ unsafe fn q8_0_avx2(block: &[u8; Q8_0_BYTES], out: &mut [f32; QK]) {
 ///
 /// # Safety
 /// AVX2 is present; `bytes` holds at least eight bytes.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn widen8(bytes: &[u8]) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
+unsafe fn widen8(bytes: &[u8]) -> __m256i {
     debug_assert!(bytes.len() >= 8);
     _mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.as_ptr() as *const __m128i))
 }
@@ -337,13 +294,17 @@ mod tests {
         bytes
     }
 
-    /// `fast` and `scalar` decode every block (of `size` bytes, `V` values) to the same bits.
+    /// [`decoder`]'s and `scalar` decode every block of `ty` (of `size` bytes, `V` values) in
+    /// `bytes` to the same bits (nothing to compare without AVX2).
     fn same_bits<const V: usize>(
+        ty: GgmlType,
         bytes: &[u8],
         size: usize,
-        fast: fn(&[u8], &mut [f32]),
         scalar: impl Fn(&[u8], &mut [f32; V]),
     ) {
+        let Some(fast) = decoder(ty) else {
+            return;
+        };
         for (i, block) in bytes.chunks_exact(size).enumerate() {
             let (mut got, mut want) = ([0f32; V], [0f32; V]);
             fast(block, &mut got);
@@ -357,19 +318,40 @@ mod tests {
     #[test]
     fn q4_k_blocks_decode_to_the_scalar_decoders_bits() {
         let bytes = blocks(500, Q4_K_BYTES, &[0, 2]);
-        same_bits(&bytes, Q4_K_BYTES, q4_k, rlx_gguf::dequant_q4_k_block);
+        same_bits(
+            GgmlType::Q4_K,
+            &bytes,
+            Q4_K_BYTES,
+            rlx_gguf::dequant_q4_k_block,
+        );
+    }
+
+    #[test]
+    fn q5_k_blocks_decode_to_the_scalar_decoders_bits() {
+        let bytes = blocks(500, Q5_K_BYTES, &[0, 2]);
+        same_bits(
+            GgmlType::Q5_K,
+            &bytes,
+            Q5_K_BYTES,
+            rlx_gguf::dequant_q5_k_block,
+        );
     }
 
     #[test]
     fn q6_k_blocks_decode_to_the_scalar_decoders_bits() {
         let bytes = blocks(500, Q6_K_BYTES, &[208]);
-        same_bits(&bytes, Q6_K_BYTES, q6_k, rlx_gguf::dequant_q6_k_block);
+        same_bits(
+            GgmlType::Q6_K,
+            &bytes,
+            Q6_K_BYTES,
+            rlx_gguf::dequant_q6_k_block,
+        );
     }
 
     #[test]
     fn q5_0_blocks_decode_to_the_scalar_decoders_bits() {
         let bytes = blocks(2000, Q5_0_BYTES, &[0]);
-        same_bits::<QK>(&bytes, Q5_0_BYTES, q5_0, |b, v| {
+        same_bits::<QK>(GgmlType::Q5_0, &bytes, Q5_0_BYTES, |b, v| {
             rlx_gguf::dequant_q5_0_block(b, v)
         });
     }
@@ -377,14 +359,13 @@ mod tests {
     #[test]
     fn q8_0_blocks_decode_to_the_scalar_decoders_bits() {
         let bytes = blocks(2000, Q8_0_BYTES, &[0]);
-        same_bits::<QK>(&bytes, Q8_0_BYTES, q8_0, |b, v| {
+        same_bits::<QK>(GgmlType::Q8_0, &bytes, Q8_0_BYTES, |b, v| {
             rlx_gguf::dequant_q8_0_block(b, v)
         });
     }
 
     #[test]
-    fn q5_k_blocks_decode_to_the_scalar_decoders_bits() {
-        let bytes = blocks(500, Q5_K_BYTES, &[0, 2]);
-        same_bits(&bytes, Q5_K_BYTES, q5_k, rlx_gguf::dequant_q5_k_block);
+    fn other_types_have_no_avx2_decoder() {
+        assert!(decoder(GgmlType::Q4_0).is_none() && decoder(GgmlType::F32).is_none());
     }
 }

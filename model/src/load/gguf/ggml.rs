@@ -141,12 +141,12 @@ impl fmt::Display for GgmlType {
 /// Converts `n` values of type `ty` stored in `bytes` (whose length the tensor table fixes),
 /// on every core for large tensors ([`decode_runs`]).
 ///
-/// The block types use `rlx-gguf`'s block decoders (Q4_K, Q5_K, Q6_K, Q5_0 and Q8_0:
-/// [`super::avx2_blocks`]'s, eight values per instruction), which compute each value as gguf-py does (the f16 scales widened
-/// exactly, then `d * q` or `d * q - m` / `d * q + m` in f32, unfused) and so match it bit for
-/// bit; the fixtures test this for every type. Each block is decoded straight into its place
-/// in the tensor. The float types are read from little-endian bytes by
-/// [`floats`], which needs no alignment of the mapped data.
+/// The block types use `rlx-gguf`'s block decoders, or on CPUs with AVX2 for Q4_K, Q5_K, Q6_K,
+/// Q5_0 and Q8_0 [`super::avx2_blocks`]'s (eight values per instruction), which compute each
+/// value as gguf-py does (the f16 scales widened exactly, then `d * q` or `d * q - m` /
+/// `d * q + m` in f32, unfused) and so match it bit for bit; the fixtures test this for every
+/// type. Each block is decoded straight into its place in the tensor. The float types are read
+/// from little-endian bytes by [`floats`], which needs no alignment of the mapped data.
 pub(super) fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
     dequantize_on(ty, bytes, n, threads_for(n))
 }
@@ -170,19 +170,19 @@ pub(super) fn dequantize_on(
         bytes: ty.type_size(),
     };
     // One block's bytes (`unit.bytes`) into its `unit.values` values.
-    let block: fn(&[u8], &mut [f32]) = match ty {
+    let scalar: fn(&[u8], &mut [f32]) = match ty {
         GgmlType::F32 => return Ok(floats(bytes, n, Float::F32, threads)),
         GgmlType::F16 => return Ok(floats(bytes, n, Float::F16, threads)),
         // gguf-py: the 16 bits become the top half of an f32.
         GgmlType::BF16 => return Ok(floats(bytes, n, Float::BF16, threads)),
-        GgmlType::Q8_0 => super::avx2_blocks::q8_0,
+        GgmlType::Q8_0 => rlx_gguf::dequant_q8_0_block,
         GgmlType::Q4_0 => rlx_gguf::dequant_q4_0_block,
         GgmlType::Q4_1 => rlx_gguf::dequant_q4_1_block,
-        GgmlType::Q5_0 => super::avx2_blocks::q5_0,
+        GgmlType::Q5_0 => rlx_gguf::dequant_q5_0_block,
         GgmlType::Q5_1 => rlx_gguf::dequant_q5_1_block,
-        GgmlType::Q4_K => super::avx2_blocks::q4_k,
-        GgmlType::Q5_K => super::avx2_blocks::q5_k,
-        GgmlType::Q6_K => super::avx2_blocks::q6_k,
+        GgmlType::Q4_K => |b, v| rlx_gguf::dequant_q4_k_block(b, super_block(v)),
+        GgmlType::Q5_K => |b, v| rlx_gguf::dequant_q5_k_block(b, super_block(v)),
+        GgmlType::Q6_K => |b, v| rlx_gguf::dequant_q6_k_block(b, super_block(v)),
         other => {
             let supported: Vec<&str> = GgmlType::DEQUANTIZABLE.iter().map(|t| t.name()).collect();
             return Err(format!(
@@ -191,6 +191,10 @@ pub(super) fn dequantize_on(
             ));
         }
     };
+    #[cfg(target_arch = "x86_64")]
+    let block = super::avx2_blocks::decoder(ty).unwrap_or(scalar);
+    #[cfg(not(target_arch = "x86_64"))]
+    let block = scalar;
     decode_runs(bytes, n, unit, threads, |bytes, values| {
         for (out, b) in values
             .chunks_exact_mut(unit.values)
@@ -201,4 +205,12 @@ pub(super) fn dequantize_on(
         Ok::<(), Infallible>(())
     })
     .map_err(|never| match never {})
+}
+
+/// A K-quant super-block's values: `values` holds exactly [`rlx_gguf::QK_K`] (the unit
+/// [`dequantize_on`] splits the tensor into).
+fn super_block(values: &mut [f32]) -> &mut [f32; rlx_gguf::QK_K] {
+    values
+        .try_into()
+        .expect("a K-quant unit is one super-block")
 }

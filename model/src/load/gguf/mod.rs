@@ -26,6 +26,7 @@
 //! opened (known ggml type, sizes that fit whole blocks, data inside the file), so reading a
 //! tensor later can only fail for a type that cannot be dequantized.
 
+#[cfg(target_arch = "x86_64")]
 mod avx2_blocks;
 mod ggml;
 mod header;
