@@ -83,50 +83,36 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// A Q4_K block with AVX2: per pair of sub-blocks, 32 bytes hold the first one's values in their
-/// low nibbles and the second one's in their high nibbles.
+/// A Q4_K block with AVX2 ([`k_quant`] without fifth bits).
 ///
 /// # Safety
 /// AVX2 is present.
 #[target_feature(enable = "avx2")]
 unsafe fn q4_k(block: &[u8; Q4_K_BYTES], out: &mut [f32; QK_K]) {
-    let (d, dmin) = (f16_at(&block[0..]), f16_at(&block[2..]));
-    let (scales, qs) = (&block[4..16], &block[16..]);
-    let nibble = _mm256_set1_epi32(0x0F);
-    for pair in 0..4 {
-        let (sc0, m0) = scale_min(2 * pair, scales);
-        let (sc1, m1) = scale_min(2 * pair + 1, scales);
-        let (d0, d1) = (
-            _mm256_set1_ps(d * sc0 as f32),
-            _mm256_set1_ps(d * sc1 as f32),
-        );
-        let (m0, m1) = (
-            _mm256_set1_ps(dmin * m0 as f32),
-            _mm256_set1_ps(dmin * m1 as f32),
-        );
-        for l in (0..32).step_by(8) {
-            // SAFETY: bytes `32·pair + l .. + 8` lie in `qs` (128 bytes), values
-            // `64·pair + l .. + 8` and `+ 32` in `out` (256).
-            let q = widen8(&qs[32 * pair + l..]);
-            let (lo, hi) = (_mm256_and_si256(q, nibble), _mm256_srli_epi32::<4>(q));
-            let at = out.as_mut_ptr().add(64 * pair + l);
-            let first = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(lo));
-            _mm256_storeu_ps(at, _mm256_sub_ps(first, m0));
-            let second = _mm256_mul_ps(d1, _mm256_cvtepi32_ps(hi));
-            _mm256_storeu_ps(at.add(32), _mm256_sub_ps(second, m1));
-        }
-    }
+    k_quant(&block[..16], None, &block[16..], out);
 }
 
-/// A Q5_K block with AVX2: as [`q4_k`], and byte `l` of the fifth bits holds, in bit `j`,
-/// that of value `l` of sub-block `j`.
+/// A Q5_K block with AVX2 ([`k_quant`] with the 32 bytes of fifth bits).
 ///
 /// # Safety
 /// AVX2 is present.
 #[target_feature(enable = "avx2")]
 unsafe fn q5_k(block: &[u8; Q5_K_BYTES], out: &mut [f32; QK_K]) {
-    let (d, dmin) = (f16_at(&block[0..]), f16_at(&block[2..]));
-    let (scales, qh, qs) = (&block[4..16], &block[16..48], &block[48..]);
+    k_quant(&block[..16], Some(&block[16..48]), &block[48..], out);
+}
+
+/// The values of a Q4_K or Q5_K block: `head` its `d`, `dmin` and 12 bytes of scales and mins,
+/// `qs` its 128 bytes of low four bits, in which per pair of sub-blocks 32 bytes hold the first
+/// one's values in their low nibbles and the second one's in their high nibbles, and for Q5_K
+/// `qh` the 32 bytes whose byte `l` holds, in bit `j`, the fifth bit of value `l` of sub-block
+/// `j`.
+///
+/// # Safety
+/// AVX2 is present; `head` holds 16 bytes, `qh` 32, `qs` 128.
+#[target_feature(enable = "avx2")]
+unsafe fn k_quant(head: &[u8], qh: Option<&[u8]>, qs: &[u8], out: &mut [f32; QK_K]) {
+    let (d, dmin) = (f16_at(&head[0..]), f16_at(&head[2..]));
+    let scales = &head[4..16];
     let (nibble, one) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(1));
     for pair in 0..4 {
         let (sc0, m0) = scale_min(2 * pair, scales);
@@ -146,12 +132,15 @@ unsafe fn q5_k(block: &[u8; Q5_K_BYTES], out: &mut [f32; QK_K]) {
         for l in (0..32).step_by(8) {
             // SAFETY: bytes `32·pair + l .. + 8` lie in `qs` (128 bytes), `l .. l + 8` in `qh`
             // (32), values `64·pair + l .. + 8` and `+ 32` in `out` (256).
-            let (q, h) = (widen8(&qs[32 * pair + l..]), widen8(&qh[l..]));
-            let fifth0 = _mm256_and_si256(_mm256_srlv_epi32(h, shift0), one);
-            let fifth1 = _mm256_and_si256(_mm256_srlv_epi32(h, shift1), one);
-            let lo = _mm256_and_si256(q, nibble);
-            let lo = _mm256_or_si256(lo, _mm256_slli_epi32::<4>(fifth0));
-            let hi = _mm256_or_si256(_mm256_srli_epi32::<4>(q), _mm256_slli_epi32::<4>(fifth1));
+            let q = widen8(&qs[32 * pair + l..]);
+            let (mut lo, mut hi) = (_mm256_and_si256(q, nibble), _mm256_srli_epi32::<4>(q));
+            if let Some(qh) = qh {
+                let h = widen8(&qh[l..]);
+                let fifth0 = _mm256_and_si256(_mm256_srlv_epi32(h, shift0), one);
+                let fifth1 = _mm256_and_si256(_mm256_srlv_epi32(h, shift1), one);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi32::<4>(fifth0));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi32::<4>(fifth1));
+            }
             let at = out.as_mut_ptr().add(64 * pair + l);
             let first = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(lo));
             _mm256_storeu_ps(at, _mm256_sub_ps(first, m0));
