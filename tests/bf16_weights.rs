@@ -119,7 +119,17 @@ fn the_lens_of_a_bf16_head_read_in_place_is_the_converted_models() {
                 .unwrap()
                 .lens
             };
+            let read = kept.head_norms().times_read();
             let (a, b) = (lens(&kept), lens(&converted));
+            // Where the screen runs, the forward pass noted the bf16 head's row norms and the
+            // lens read them (the f32 table of the converted model takes its own).
+            let noted = attrib::model::matmul::notes_head_norms();
+            assert_eq!(kept.head_norms().is_noted(), noted, "{label}");
+            assert_eq!(
+                kept.head_norms().times_read(),
+                read + usize::from(noted),
+                "{label}"
+            );
             assert_eq!(a.len(), kept.config.num_hidden_layers * 2 + 1, "{label}");
             assert_eq!(a, b, "{label}");
             // After the last sublayer: the model's own logits, bit for bit.

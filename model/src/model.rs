@@ -12,9 +12,11 @@ use crate::block::DecoderLayer;
 use crate::config::Qwen2Config;
 use crate::error::ModelError;
 use crate::load::{Loader, WeightSource};
+use crate::matmul::HeadNorms;
 use crate::probe::{Probe, Site};
 use crate::rope::Rope;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// The base model, from token ids to the normed residual stream.
 #[derive(Module, Debug)]
@@ -54,6 +56,9 @@ pub struct Qwen2ForCausalLM<B: Backend> {
     /// The config the model was built from.
     pub config: Qwen2Config,
     pub(crate) rope: Rope<B>,
+    /// The LM head's row norms, noted by a forward pass for the logit lens when asked
+    /// ([`Self::keep_head_norms`]).
+    head_norms: Arc<HeadNorms>,
 }
 
 impl<B: Backend> Qwen2ForCausalLM<B> {
@@ -109,7 +114,20 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
                 c.max_position_embeddings,
                 device,
             ),
+            head_norms: Arc::default(),
         })
+    }
+
+    /// Asks the next forward pass to note the LM head's row norms as it reads the head, for
+    /// [`Self::head_ranks`] (which otherwise reads the table for them again). Only a bf16
+    /// head on flex, on x86-64 with AVX-512 BF16, is noted; see [`HeadNorms`].
+    pub fn keep_head_norms(&self) {
+        self.head_norms.ask();
+    }
+
+    /// The LM head's row norms as far as noted and read ([`Self::keep_head_norms`]).
+    pub fn head_norms(&self) -> &HeadNorms {
+        &self.head_norms
     }
 
     /// Logits at the last position of every sequence, without a probe.
@@ -213,14 +231,23 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
             true => weight,
             false => weight.narrow(0, ids.start, ids.len()),
         };
+        // The whole head, read for a forward pass that notes its row norms when asked.
+        let notes = (ids.len() == self.config.vocab_size && self.head_norms.wanted())
+            .then_some(&self.head_norms);
+        let product = |x: Tensor<B, 2>, weight: Tensor<B, 2>| match notes {
+            Some(notes) => crate::matmul::try_linear_noting(x, weight, notes),
+            None => crate::matmul::try_linear(x, weight, None),
+        };
         match &self.lm_head {
-            Some(head) => crate::matmul::linear(normed, slice(head.weight.val()), None),
+            Some(head) => match product(normed, slice(head.weight.val())) {
+                Ok(logits) => logits,
+                Err((rows, weight, _)) => rows.matmul(weight.transpose()),
+            },
             None => {
                 // Tied head: logits = h · Eᵀ with E the `[vocab, hidden]` embedding, computed
                 // as (E · hᵀ)ᵀ so that E is read in place: a transposed view of the whole table
                 // would be copied (hundreds of MB) on every call by some backends.
-                let table = slice(self.model.embed_tokens.weight.val());
-                match crate::matmul::try_linear(normed, table, None) {
+                match product(normed, slice(self.model.embed_tokens.weight.val())) {
                     Ok(logits) => logits,
                     Err((rows, table, _)) => table.matmul(rows.transpose()).transpose(),
                 }
@@ -231,7 +258,8 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     /// For each row of `normed` (`[rows, hidden]`, after the final norm): the LM head's logit
     /// for `target`, how many logits exceed it, and candidates for the `top` highest, without
     /// the `[rows, vocab]` logits ([`crate::matmul::rank_rows`]: on flex with AVX-512 BF16;
-    /// `None` elsewhere, where [`Self::head_rows`] gives the logits).
+    /// `None` elsewhere, where [`Self::head_rows`] gives the logits). It takes the head's row
+    /// norms from the forward pass where that noted them ([`Self::keep_head_norms`]).
     pub fn head_ranks(
         &self,
         normed: Tensor<B, 2>,
@@ -242,7 +270,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
             Some(head) => head.weight.val(),
             None => self.model.embed_tokens.weight.val(),
         };
-        crate::matmul::rank_rows(normed, weight, target as usize, top)
+        crate::matmul::rank_rows(normed, weight, target as usize, top, Some(&self.head_norms))
     }
 }
 

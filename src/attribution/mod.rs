@@ -259,6 +259,11 @@ pub fn attribute_loaded_with<B: Backend>(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, ModelError> {
     let device = model.model.embed_tokens.weight.val().device();
+    if options.lens {
+        // The forward pass reads the whole LM head at the target position: there it also
+        // takes the row norms the lens's screen needs, which would otherwise read it again.
+        model.keep_head_norms();
+    }
     let c = &model.config;
     let seq = ids.len();
     let position = objective.position_in(seq);

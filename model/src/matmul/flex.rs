@@ -8,13 +8,15 @@
 //! copies a zeroed buffer on the calling thread, which at 512 tokens cost more than a third of
 //! the forward pass (every page of every product first touched by one thread).
 
+use std::sync::Arc;
+
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{backend::Backend, DType, Tensor};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::{avx2, blocked, heads};
-use super::{MAX_BLOCKED_ROWS, MAX_FEW_ROWS};
+use super::{avx2, blocked, heads, wide};
+use super::{HeadNorms, MAX_BLOCKED_ROWS, MAX_FEW_ROWS};
 #[cfg(target_arch = "x86_64")]
 use crate::flex_ops::SendPtr;
 use crate::flex_ops::{
@@ -31,14 +33,18 @@ const PARALLEL_ABOVE: usize = 1 << 21;
 
 /// See [`super::try_linear`].
 #[allow(clippy::result_large_err)]
+///
+/// With `notes`, a one-row product of a bf16 weight notes its row norms where they are wanted
+/// (see [`super::try_linear_noting`]).
 pub(super) fn try_linear<B: Backend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
+    notes: Option<&Arc<HeadNorms>>,
 ) -> Result<Tensor<B, 2>, super::LinearOperands<B>> {
     let weight = primitive(weight);
     let bias = bias.map(primitive);
-    if let Some(op) = super::flex_half::XWtHalf::new::<B>(&weight, bias.as_ref()) {
+    if let Some(op) = super::flex_half::XWtHalf::new::<B>(&weight, bias.as_ref(), notes) {
         return run_linear(op, x, weight, bias);
     }
     let w = constant::<B>(&weight).filter(|w| weight_rows(w).is_some());
@@ -78,6 +84,7 @@ pub(super) fn rank_rows<B: Backend>(
     weight: Tensor<B, 2>,
     target: usize,
     top: usize,
+    notes: Option<&HeadNorms>,
 ) -> Option<Vec<super::Ranked>> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -96,16 +103,21 @@ pub(super) fn rank_rows<B: Backend>(
             DType::BF16 => Table::Bf16(super::flex_half::bits(&weight)),
             _ => Table::F32(elems(&weight)),
         };
+        // A bf16 table's row norms, if the forward pass noted them.
+        let norms = match w {
+            Table::Bf16(bits) => notes.and_then(|notes| notes.of(bits.as_ptr(), n, k)),
+            Table::F32(_) => None,
+        };
         let x = dense_constant::<B>(&primitive(x))?;
         let (x, m, kx) = weight_rows(&x)?;
         if kx != k {
             return None;
         }
-        super::screen::rank_rows(x, m, w, n, k, target, top)
+        super::screen::rank_rows(x, m, w, norms, n, k, target, top)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, weight, target, top);
+        let _ = (x, weight, target, top, notes);
         None
     }
 }
@@ -397,6 +409,40 @@ fn stream_x_wt<W: avx2::Weight>(x: &[f32], m: usize, w: &[W], n: usize, k: usize
         // `rows × k`, and each task writes only its own columns `c0..c0 + rows` of `y`.
         unsafe { avx2::x_wt(x.as_ptr(), m, w[c0 * k..].as_ptr(), rows, k, out.at(c0), n) }
     });
+}
+
+/// `y = x · Wᵀ` for one row `x` of `k` floats ([`stream_x_wt`]'s bits) with each row of
+/// `w`'s sum of squares, by [`wide::x_wt_squares`] on every core; `None` where the screen
+/// that reads the norms does not run ([`super::screen::available`]).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn stream_x_wt_squares<W: avx2::Weight>(
+    x: &[f32],
+    w: &[W],
+    n: usize,
+    k: usize,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    if !super::screen::available() || !wide::available() {
+        return None;
+    }
+    assert!(x.len() >= k && w.len() >= n * k);
+    let (mut y, mut squares) = (vec![0f32; n], vec![0f32; n]);
+    let (out, sums) = (SendPtr(y.as_mut_ptr()), SendPtr(squares.as_mut_ptr()));
+    par_ranges(n, ROWS_PER_TASK, |c0, rows| {
+        // SAFETY: `wide::available()`; `x` holds `k` floats, `w[c0·k..]` holds `rows × k`
+        // values, and each task writes only its own entries `c0..c0 + rows` of `y` and
+        // `squares`.
+        unsafe {
+            wide::x_wt_squares(
+                x.as_ptr(),
+                w[c0 * k..].as_ptr(),
+                rows,
+                k,
+                out.at(c0),
+                sums.at(c0),
+            )
+        }
+    });
+    Some((y, squares))
 }
 
 /// `g · W` with the streaming kernels when [`streams`]`(m)`; `g` is `m × n`, `w` is `n × k`

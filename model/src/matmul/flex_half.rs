@@ -16,12 +16,14 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{backend::Backend, DType, Shape};
 
 #[cfg(target_arch = "x86_64")]
-use super::flex::{blocks, few_rows_input_grad, few_rows_product, streams};
+use super::flex::{blocks, few_rows_input_grad, few_rows_product, stream_x_wt_squares, streams};
 use super::flex::{input_grad, product};
+use super::HeadNorms;
 use crate::flex_ops::{constant, dense, dims, elems, FlexOp, Float};
 use crate::halves::{halve_values, widen_into};
 #[cfg(target_arch = "x86_64")]
 use half::{bf16, f16, slice::HalfBitsSliceExt};
+use std::sync::Arc;
 
 /// Weight values widened to f32 at a time (64 MiB: every weight of the 1.5B model but
 /// the embeddings in one; a few rows in the tests, so that their small weights span several
@@ -38,12 +40,19 @@ pub(super) struct XWtHalf {
     bias: Option<FlexTensor>,
     /// bf16 or f16: the weight's.
     dtype: DType,
+    /// The LM head's row norms, noted by a one-row product where wanted
+    /// ([`super::try_linear_noting`]).
+    notes: Option<Arc<HeadNorms>>,
 }
 
 impl XWtHalf {
     /// The operation for a half-precision weight (and a bias of the same type or f32) on flex;
     /// `None` for anything else.
-    pub(super) fn new<B: Backend>(weight: &Float<B>, bias: Option<&Float<B>>) -> Option<Self> {
+    pub(super) fn new<B: Backend>(
+        weight: &Float<B>,
+        bias: Option<&Float<B>>,
+        notes: Option<&Arc<HeadNorms>>,
+    ) -> Option<Self> {
         let weight = constant::<B>(weight)?;
         let dtype = weight.dtype();
         if !matches!(dtype, DType::BF16 | DType::F16) || dims(&weight).len() != 2 {
@@ -62,6 +71,7 @@ impl XWtHalf {
             weight: contiguous(weight),
             bias,
             dtype,
+            notes: notes.cloned(),
         })
     }
 
@@ -88,6 +98,9 @@ impl XWtHalf {
         #[cfg(target_arch = "x86_64")]
         if streams(m) || blocks(m) {
             let w = bits(&self.weight);
+            if let Some(y) = self.noting(x, m, bias) {
+                return Some(y);
+            }
             return match self.dtype {
                 DType::BF16 => few_rows_product(x, m, w.reinterpret_cast::<bf16>(), n, k, bias),
                 _ => few_rows_product(x, m, w.reinterpret_cast::<f16>(), n, k, bias),
@@ -95,6 +108,21 @@ impl XWtHalf {
         }
         let _ = (x, m, bias, n, k);
         None
+    }
+
+    /// [`Self::direct`]'s product where it notes the row norms: one row, no bias, a bf16
+    /// weight, norms wanted, and a CPU whose screen reads them; `None` otherwise.
+    #[cfg(target_arch = "x86_64")]
+    fn noting(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Option<Vec<f32>> {
+        let notes = self.notes.as_ref().filter(|notes| notes.wanted())?;
+        if m != 1 || bias.is_some() || self.dtype != DType::BF16 {
+            return None;
+        }
+        let (n, k) = self.shape();
+        let w = bits(&self.weight);
+        let (y, squares) = stream_x_wt_squares(x, w.reinterpret_cast::<bf16>(), n, k)?;
+        notes.note(w.as_ptr(), n, k, &squares);
+        Some(y)
     }
 
     /// The input gradient as [`Self::direct`] computes the product.

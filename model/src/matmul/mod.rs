@@ -40,6 +40,7 @@ mod blocked;
 mod flex;
 #[cfg(feature = "flex")]
 mod flex_half;
+mod head_norms;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod heads;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
@@ -49,7 +50,11 @@ mod test_values;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod wide;
 
+use std::sync::Arc;
+
 use burn::tensor::{backend::Backend, Tensor};
+
+pub use head_norms::HeadNorms;
 
 /// The most rows a product may have to take the streaming kernels. On a 2-core AVX-512 VM
 /// they made a 1.5B model's forward + backward faster than the blocked kernels at 10 tokens
@@ -99,6 +104,15 @@ pub fn weight_as<B: Backend>(weight: Tensor<B, 2>, dtype: burn::tensor::DType) -
     weight.cast(dtype)
 }
 
+/// Whether this build and CPU note an LM head's row norms in the forward pass
+/// ([`try_linear_noting`]): flex on x86-64 with AVX-512 BF16, where the lens's screen runs.
+pub fn notes_head_norms() -> bool {
+    #[cfg(all(feature = "flex", target_arch = "x86_64"))]
+    return screen::available() && wide::available();
+    #[allow(unreachable_code)]
+    false
+}
+
 /// The operands of [`try_linear`], handed back when it does not apply: `x`, `W`, `b`.
 pub type LinearOperands<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
 
@@ -114,9 +128,30 @@ pub fn try_linear<B: Backend>(
     bias: Option<Tensor<B, 1>>,
 ) -> Result<Tensor<B, 2>, LinearOperands<B>> {
     #[cfg(feature = "flex")]
-    return flex::try_linear(x, weight, bias);
+    return flex::try_linear(x, weight, bias, None);
     #[allow(unreachable_code)]
     Err((x, weight, bias))
+}
+
+/// [`try_linear`] for an LM head whose row norms the logit lens may ask for: where `notes`
+/// want them ([`HeadNorms::ask`]) and the product is one row against a bf16 head on flex
+/// (x86-64 with AVX-512 BF16), it notes them as it reads the rows.
+///
+/// # Shapes
+/// - `x`: `[m, k]`, `weight`: `[n, k]` → `[m, n]`
+#[allow(clippy::result_large_err)]
+pub fn try_linear_noting<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    notes: &Arc<HeadNorms>,
+) -> Result<Tensor<B, 2>, LinearOperands<B>> {
+    #[cfg(feature = "flex")]
+    return flex::try_linear(x, weight, None, Some(notes));
+    #[allow(unreachable_code)]
+    {
+        let _ = notes;
+        Err((x, weight, None))
+    }
 }
 
 /// `x · Wᵀ + b`: [`try_linear`], else the backend's matmul with `Wᵀ` as a transposed view.
@@ -156,7 +191,8 @@ pub struct Ranked {
 /// it, and candidates for its `top` highest, each entry as the one-row product computes it,
 /// without writing the `m × n` product. On flex with a CPU that has AVX-512 BF16, for an f32
 /// `x` and an f32 or bf16 weight (a bf16 screen, exact values where it cannot decide); `None`
-/// elsewhere (nothing read back).
+/// elsewhere (nothing read back). The norms of a bf16 weight's rows come from `notes` where a
+/// forward pass noted them ([`try_linear_noting`]), else from the screen's own pass.
 ///
 /// # Shapes
 /// - `x`: `[m, k]`, `weight`: `[n, k]`
@@ -165,12 +201,13 @@ pub fn rank_rows<B: Backend>(
     weight: Tensor<B, 2>,
     target: usize,
     top: usize,
+    notes: Option<&HeadNorms>,
 ) -> Option<Vec<Ranked>> {
     #[cfg(feature = "flex")]
-    return flex::rank_rows(x, weight, target, top);
+    return flex::rank_rows(x, weight, target, top, notes);
     #[allow(unreachable_code)]
     {
-        let _ = (x, weight, target, top);
+        let _ = (x, weight, target, top, notes);
         None
     }
 }

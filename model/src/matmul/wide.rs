@@ -114,6 +114,78 @@ pub unsafe fn x_wt<W: Weight>(
     }
 }
 
+/// [`x_wt`] for one row of `x`, with each row of `w`'s sum of squares into `squares` (`n`
+/// floats): the LM head's product in a forward pass that notes its row norms for the logit
+/// lens ([`super::HeadNorms`]). The entries have [`x_wt`]'s bits; the squares of the widened
+/// values are summed in f32 lane by lane as the entries are, then the lanes in order.
+///
+/// # Safety
+/// [`available`]; `x` holds `k` floats, `w` `n × k` values, `y` and `squares` `n` floats.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn x_wt_squares<W: Weight>(
+    x: *const f32,
+    w: *const W,
+    n: usize,
+    k: usize,
+    y: *mut f32,
+    squares: *mut f32,
+) {
+    const PAIRS: usize = PAIRED_ROWS / 2;
+    let paired = n / PAIRED_ROWS * PAIRED_ROWS;
+    let k8 = k / 8 * 8;
+    for c in (0..paired).step_by(PAIRED_ROWS) {
+        let w = w.add(c * k);
+        let mut acc = [_mm512_setzero_ps(); PAIRS];
+        let mut sq = [_mm512_setzero_ps(); PAIRS];
+        let mut p = 0;
+        while p < k8 {
+            let xv = both_halves(x.add(p));
+            for i in 0..PAIRS {
+                let wv = W::load_pair(w.add(2 * i * k + p), w.add((2 * i + 1) * k + p));
+                acc[i] = _mm512_fmadd_ps(xv, wv, acc[i]);
+                sq[i] = _mm512_fmadd_ps(wv, wv, sq[i]);
+            }
+            p += 8;
+        }
+        for i in 0..PAIRS {
+            for (r, dot, square) in [
+                (
+                    2 * i,
+                    _mm512_castps512_ps256(acc[i]),
+                    _mm512_castps512_ps256(sq[i]),
+                ),
+                (2 * i + 1, high_half(acc[i]), high_half(sq[i])),
+            ] {
+                *y.add(c + r) = avx2::finish_dot(dot, x, w.add(r * k), k);
+                *squares.add(c + r) = squares_tail(square, w.add(r * k), k);
+            }
+        }
+    }
+    for r in paired..n {
+        let row = w.add(r * k);
+        avx2::x_wt_narrow(x, 1, row, 1, k, y.add(r), 1);
+        *squares.add(r) = (0..k)
+            .map(|p| {
+                let v = W::get(row.add(p));
+                v * v
+            })
+            .sum();
+    }
+}
+
+/// The eight lanes of `lanes` added in order, then the squares of `row[k / 8 · 8 .. k]`.
+#[inline(always)]
+unsafe fn squares_tail<W: Weight>(lanes: __m256, row: *const W, k: usize) -> f32 {
+    let mut sums = [0f32; 8];
+    _mm256_storeu_ps(sums.as_mut_ptr(), lanes);
+    let mut s: f32 = sums.iter().sum();
+    for p in k / 8 * 8..k {
+        let v = W::get(row.add(p));
+        s += v * v;
+    }
+    s
+}
+
 /// `gx[a·k + p] += Σ_c g[a·gs + c] · w[c·k + p]` for `a < MR`, `c < NR`, each output value
 /// summed as [`avx2::g_w`] sums it: fused multiply-adds in the order of `c` over the columns
 /// in whole steps of eight, a multiply and an add each past them.
@@ -258,5 +330,50 @@ mod tests {
         same_bits_as_avx2(|v| v);
         same_bits_as_avx2(half::bf16::from_f32);
         same_bits_as_avx2(half::f16::from_f32);
+    }
+
+    /// The one-row product that also squares the rows: [`x_wt`]'s bits, and each row's sum
+    /// of squares within f32 rounding of the exact one.
+    fn squares_beside_the_product<W: Weight>(to: impl Fn(f32) -> W) {
+        for k in [8, 40, 77, 1536] {
+            for n in [1, 7, 8, 9, 19] {
+                let w: Vec<W> = (0..n * k).map(|i| to(value(i + 3))).collect();
+                let x: Vec<f32> = (0..k).map(|i| value(5 * i + 1)).collect();
+                let (mut want, mut got) = (vec![0f32; n], vec![0f32; n]);
+                let mut squares = vec![0f32; n];
+                // SAFETY: `available()`; the buffers have the sizes above.
+                unsafe {
+                    x_wt(x.as_ptr(), 1, w.as_ptr(), n, k, want.as_mut_ptr(), n);
+                    x_wt_squares(
+                        x.as_ptr(),
+                        w.as_ptr(),
+                        n,
+                        k,
+                        got.as_mut_ptr(),
+                        squares.as_mut_ptr(),
+                    );
+                }
+                assert_eq!(bits(&got), bits(&want), "n {n} k {k}");
+                for (j, &s) in squares.iter().enumerate() {
+                    // SAFETY: row j has k values.
+                    let exact: f64 = (0..k)
+                        .map(|p| unsafe { W::get(w.as_ptr().add(j * k + p)) } as f64)
+                        .map(|v| v * v)
+                        .sum();
+                    let error = (s as f64 - exact).abs() / exact;
+                    assert!(error < 1e-5, "row {j} of n {n} k {k}: {s} against {exact}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_squared_beside_the_one_row_product() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        squares_beside_the_product(|v| v);
+        squares_beside_the_product(half::bf16::from_f32);
     }
 }

@@ -129,11 +129,15 @@ impl Ahead {
 
 /// For each of the `m` rows of `x` (`m × k`): the entry at `target`, how many of the `n`
 /// entries of `x · Wᵀ` exceed it, and the exact entries among which the `top` highest lie.
-/// `None` without AVX-512 BF16, or when `k` is not a multiple of 32.
+/// `None` without AVX-512 BF16, or when `k` is not a multiple of 32. `norms`: each row of a
+/// bf16 table's `‖w‖` where they are known (noted by the forward pass, see `HeadNorms`),
+/// else taken here.
+#[allow(clippy::too_many_arguments)]
 pub fn rank_rows(
     x: &[f32],
     m: usize,
     w: Table,
+    norms: Option<&[f32]>,
     n: usize,
     k: usize,
     target: usize,
@@ -142,7 +146,7 @@ pub fn rank_rows(
     if !available() {
         return None;
     }
-    rank_rows_by(Plan::best(), x, m, w, n, k, target, top)
+    rank_rows_by(Plan::best(), x, m, w, norms, n, k, target, top)
 }
 
 /// How the screen shares out its work.
@@ -230,6 +234,7 @@ fn rank_rows_by(
     x: &[f32],
     m: usize,
     w: Table,
+    norms: Option<&[f32]>,
     n: usize,
     k: usize,
     target: usize,
@@ -238,7 +243,7 @@ fn rank_rows_by(
     if !k.is_multiple_of(CHUNK) || k == 0 || m == 0 || target >= n {
         return None;
     }
-    assert!(x.len() >= m * k && w.len() >= n * k);
+    assert!(x.len() >= m * k && w.len() >= n * k && norms.is_none_or(|s| s.len() == n));
     let engine = plan.engine;
     let padded = m.next_multiple_of(engine.x_rows());
     let targets: Vec<f32> = (0..m).map(|r| exact(x, w, k, r, target)).collect();
@@ -295,7 +300,8 @@ fn rank_rows_by(
             // lines lie in the rows after the block, in the table; AMX's layout is
             // loaded on this thread (`_tiles`).
             unsafe {
-                let wb = w.screen_rows(j0, nb, k, &mut wb, (&mut wnorm, &mut dnorm));
+                let given = norms.map(|s| &s[j0..j0 + nb]);
+                let wb = w.screen_rows(j0, nb, k, &mut wb, (&mut wnorm, &mut dnorm), given);
                 let mut fetch = || ahead.step(engine.product_steps());
                 match engine {
                     Engine::Avx512 => {

@@ -63,11 +63,12 @@ impl<'a> Table<'a> {
 
     /// Rows `j0 .. j0 + rows` in bf16, zero rows after them to fill `dst`'s length, with each
     /// row's `‖w‖` and `‖w − ŵ‖`: where the products read them (a whole block of a bf16
-    /// table in place, else `dst`).
+    /// table in place, else `dst`). A bf16 table's `‖w‖` are copied from `given` where known
+    /// (an upper bound as [`bf16_norms`] gives), else taken from the rows.
     ///
     /// # Safety
     /// AVX-512 F and BF16 are present; the rows exist, `dst` holds at least `rows × k` halves
-    /// and the norms `rows` floats each; `k` is a multiple of 32.
+    /// and the norms (and `given`, if any) `rows` floats each; `k` is a multiple of 32.
     pub(super) unsafe fn screen_rows(
         self,
         j0: usize,
@@ -75,6 +76,7 @@ impl<'a> Table<'a> {
         k: usize,
         dst: &mut [u16],
         norms: (&mut [f32], &mut [f32]),
+        given: Option<&[f32]>,
     ) -> *const u16 {
         let at = match self {
             Self::F32(w) => {
@@ -83,7 +85,10 @@ impl<'a> Table<'a> {
             }
             Self::Bf16(w) => {
                 let block = &w[j0 * k..][..rows * k];
-                bf16_norms(block.as_ptr(), rows, k, norms.0);
+                match given {
+                    Some(given) => norms.0[..rows].copy_from_slice(given),
+                    None => bf16_norms(block.as_ptr(), rows, k, norms.0),
+                }
                 norms.1[..rows].fill(0.0);
                 if rows * k == dst.len() {
                     return block.as_ptr();

@@ -66,10 +66,39 @@ fn plans() -> Vec<Plan> {
 
 /// The screen's results equal brute force, by each engine this CPU has: the target's
 /// entry, the count above it, and the five highest entries found among the candidates.
+/// A bf16 table is screened with its norms taken by the screen and with those the forward
+/// pass notes (`HeadNorms`, from `wide::x_wt_squares`).
 fn check_table(x: &[f32], m: usize, w: Table, n: usize, k: usize, target: usize) {
     let expected = brute(x, m, w, n, k, target);
-    for plan in plans() {
-        let ranked = rank_rows_by(plan, x, m, w, n, k, target, 5).expect("k, m, target");
+    let notes = super::super::HeadNorms::default();
+    if let Table::Bf16(bits) = w {
+        let (mut y, mut squares) = (vec![0f32; n], vec![0f32; n]);
+        let zeros = vec![0f32; k];
+        // SAFETY: `available()` implies AVX-512 F and the AVX2 kernels; the table is `n × k`,
+        // `zeros` holds `k` floats, `y` and `squares` `n`.
+        unsafe {
+            super::super::wide::x_wt_squares(
+                zeros.as_ptr(),
+                bits.as_ptr() as *const half::bf16,
+                n,
+                k,
+                y.as_mut_ptr(),
+                squares.as_mut_ptr(),
+            )
+        };
+        notes.note(bits.as_ptr(), n, k, &squares);
+    }
+    let noted = match w {
+        Table::Bf16(bits) => notes.of(bits.as_ptr(), n, k),
+        Table::F32(_) => None,
+    };
+    let runs = plans().into_iter().flat_map(|plan| {
+        [(plan, None), (plan, noted)]
+            .into_iter()
+            .take(1 + noted.iter().count())
+    });
+    for (plan, norms) in runs {
+        let ranked = rank_rows_by(plan, x, m, w, norms, n, k, target, 5).expect("k, m, target");
         assert_eq!(ranked.len(), m);
         for (r, (got, (t, above, top))) in ranked.iter().zip(&expected).enumerate() {
             assert_eq!(got.target_logit, *t, "{plan:?} row {r}");
@@ -175,7 +204,25 @@ fn bf16_row_norms_bound_the_true_norms() {
     let mut norms = [0f32; 3];
     // SAFETY: `available()`; three rows of `k` halves and three norms.
     unsafe { bf16_norms(rows.as_ptr(), 3, k, &mut norms) };
-    for (t, &got) in norms.iter().enumerate() {
+    // The same norms as the forward pass notes them (`HeadNorms`), from its row squares.
+    let (mut y, mut squares) = ([0f32; 3], [0f32; 3]);
+    let zeros = vec![0f32; k];
+    // SAFETY: as above (`available()` implies the wide kernels' features).
+    unsafe {
+        super::super::wide::x_wt_squares(
+            zeros.as_ptr(),
+            rows.as_ptr() as *const half::bf16,
+            3,
+            k,
+            y.as_mut_ptr(),
+            squares.as_mut_ptr(),
+        )
+    };
+    let notes = super::super::HeadNorms::default();
+    notes.note(rows.as_ptr(), 3, k, &squares);
+    let noted = notes.of(rows.as_ptr(), 3, k).expect("noted");
+    for (t, &got) in norms.iter().chain(noted).enumerate() {
+        let t = t % 3;
         let row = &rows[t * k..][..k];
         let want = row
             .iter()
