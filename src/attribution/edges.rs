@@ -43,8 +43,33 @@ pub fn dot_per_position(activation: &[f32], grad: &[f32], seq: usize) -> Vec<f64
 }
 
 /// `Σ a[d] · g[d]` in f64, over eight running sums so that the additions do not wait on each
-/// other (one running sum made the 1,653 edges of a 64-token graph take 70 ms).
+/// other (one running sum made the 1,653 edges of a 64-token graph take 70 ms). On x86-64
+/// CPUs with AVX-512 the eight sums are one register's lanes: the same operations in the
+/// same order, so the same bits, from a fraction of the instructions of the baseline
+/// target's two-lane registers (the 1,653 edges of a 5-token graph of the 1.5B model: 7.4 ms
+/// of processor time in these sums before, 3.5 ms after; the same JSON).
 fn dot(a: &[f32], g: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F.
+        return unsafe { dot_avx512(a, g) };
+    }
+    dot_lanes(a, g)
+}
+
+/// [`dot_lanes`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(a: &[f32], g: &[f32]) -> f64 {
+    dot_lanes(a, g)
+}
+
+/// [`dot`]'s sums, for whatever instructions the caller was compiled with.
+#[inline(always)]
+fn dot_lanes(a: &[f32], g: &[f32]) -> f64 {
     const LANES: usize = 8;
     let mut sums = [0f64; LANES];
     let (a8, g8) = (a.chunks_exact(LANES), g.chunks_exact(LANES));
