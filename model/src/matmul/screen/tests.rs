@@ -70,24 +70,10 @@ fn plans() -> Vec<Plan> {
 /// pass notes (`HeadNorms`, from `wide::x_wt_squares`).
 fn check_table(x: &[f32], m: usize, w: Table, n: usize, k: usize, target: usize) {
     let expected = brute(x, m, w, n, k, target);
-    let notes = super::super::HeadNorms::default();
-    if let Table::Bf16(bits) = w {
-        let (mut y, mut squares) = (vec![0f32; n], vec![0f32; n]);
-        let zeros = vec![0f32; k];
-        // SAFETY: `available()` implies AVX-512 F and the AVX2 kernels; the table is `n × k`,
-        // `zeros` holds `k` floats, `y` and `squares` `n`.
-        unsafe {
-            super::super::wide::x_wt_squares(
-                zeros.as_ptr(),
-                bits.as_ptr() as *const half::bf16,
-                n,
-                k,
-                y.as_mut_ptr(),
-                squares.as_mut_ptr(),
-            )
-        };
-        notes.note(bits.as_ptr(), n, k, &squares);
-    }
+    let notes = match w {
+        Table::Bf16(bits) => noted_norms(bits, n, k),
+        Table::F32(_) => super::super::HeadNorms::default(),
+    };
     let noted = match w {
         Table::Bf16(bits) => notes.of(bits.as_ptr(), n, k),
         Table::F32(_) => None,
@@ -112,6 +98,28 @@ fn check_table(x: &[f32], m: usize, w: Table, n: usize, k: usize, target: usize)
             assert_eq!(&values, top, "{plan:?} row {r}");
         }
     }
+}
+
+/// The norms of a bf16 table (`n × k`) as the forward pass notes them: its one-row product's
+/// sums of squares (`wide::x_wt_squares`) into `HeadNorms`.
+fn noted_norms(table: &[u16], n: usize, k: usize) -> super::super::HeadNorms {
+    let (mut y, mut squares) = (vec![0f32; n], vec![0f32; n]);
+    let zeros = vec![0f32; k];
+    // SAFETY: the callers checked `available()`, which implies AVX-512 F and the AVX2
+    // kernels; the table is `n × k`, `zeros` holds `k` floats, `y` and `squares` `n`.
+    unsafe {
+        super::super::wide::x_wt_squares(
+            zeros.as_ptr(),
+            table.as_ptr() as *const half::bf16,
+            n,
+            k,
+            y.as_mut_ptr(),
+            squares.as_mut_ptr(),
+        )
+    };
+    let notes = super::super::HeadNorms::default();
+    notes.note(table.as_ptr(), n, k, &squares);
+    notes
 }
 
 /// A deterministic pseudo-random stream in [-1, 1).
@@ -205,21 +213,7 @@ fn bf16_row_norms_bound_the_true_norms() {
     // SAFETY: `available()`; three rows of `k` halves and three norms.
     unsafe { bf16_norms(rows.as_ptr(), 3, k, &mut norms) };
     // The same norms as the forward pass notes them (`HeadNorms`), from its row squares.
-    let (mut y, mut squares) = ([0f32; 3], [0f32; 3]);
-    let zeros = vec![0f32; k];
-    // SAFETY: as above (`available()` implies the wide kernels' features).
-    unsafe {
-        super::super::wide::x_wt_squares(
-            zeros.as_ptr(),
-            rows.as_ptr() as *const half::bf16,
-            3,
-            k,
-            y.as_mut_ptr(),
-            squares.as_mut_ptr(),
-        )
-    };
-    let notes = super::super::HeadNorms::default();
-    notes.note(rows.as_ptr(), 3, k, &squares);
+    let notes = noted_norms(&rows, 3, k);
     let noted = notes.of(rows.as_ptr(), 3, k).expect("noted");
     for (t, &got) in norms.iter().chain(noted).enumerate() {
         let t = t % 3;
