@@ -5,6 +5,8 @@
 //! gradient at v's `*In` site (the branch into the norm, not the skip), is u's first-order
 //! contribution to the target through v, and the edges into v sum to `Σ x_v ⊙ g_in(v)`.
 
+use rayon::prelude::*;
+
 use crate::model::Site;
 
 /// One edge u → v with its signed score.
@@ -123,32 +125,11 @@ pub fn residual_edges<'a>(
             })
             .collect()
     };
-    // Targets dealt round-robin to one thread per core (later targets have more sources).
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(targets.len().max(1));
-    let mut by_target: Vec<(usize, Vec<EdgeScore>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let (targets, into) = (&targets, &into);
-                scope.spawn(move || {
-                    targets
-                        .iter()
-                        .enumerate()
-                        .skip(t)
-                        .step_by(threads)
-                        .map(|(k, target)| (k, into(target)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("an edge worker panicked"))
-            .collect()
-    });
-    by_target.sort_by_key(|(k, _)| *k);
-    by_target.into_iter().flat_map(|(_, e)| e).collect()
+    // One task per target on rayon's threads, whose work stealing evens out the targets'
+    // lengths (later ones have more sources). Two threads of their own, spawned here, took
+    // 3.3–6.9 ms for the 1.5B model's 1,653 edges at 5 tokens (competing with rayon's workers,
+    // still spinning after the backward pass) where these take 2.7–3.3 ms; the same edges.
+    targets.par_iter().flat_map_iter(into).collect()
 }
 
 #[cfg(test)]
