@@ -32,10 +32,10 @@ const ROWS_PER_TASK: usize = 48;
 const PARALLEL_ABOVE: usize = 1 << 21;
 
 /// See [`super::try_linear`].
-#[allow(clippy::result_large_err)]
 ///
 /// With `notes`, a one-row product of a bf16 weight notes its row norms where they are wanted
 /// (see [`super::try_linear_noting`]).
+#[allow(clippy::result_large_err)]
 pub(super) fn try_linear<B: Backend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
@@ -412,8 +412,8 @@ fn stream_x_wt<W: avx2::Weight>(x: &[f32], m: usize, w: &[W], n: usize, k: usize
 }
 
 /// `y = x · Wᵀ` for one row `x` of `k` floats ([`stream_x_wt`]'s bits) with each row of
-/// `w`'s sum of squares, by [`wide::x_wt_squares`] on every core; `None` where the screen
-/// that reads the norms does not run ([`super::screen::available`]).
+/// `w`'s sum of squares, by [`wide::x_wt_squares`] on every core; `None` where the norms
+/// are not noted ([`super::notes_head_norms`]).
 #[cfg(target_arch = "x86_64")]
 pub(super) fn stream_x_wt_squares<W: avx2::Weight>(
     x: &[f32],
@@ -421,16 +421,16 @@ pub(super) fn stream_x_wt_squares<W: avx2::Weight>(
     n: usize,
     k: usize,
 ) -> Option<(Vec<f32>, Vec<f32>)> {
-    if !super::screen::available() || !wide::available() {
+    if !super::notes_head_norms() {
         return None;
     }
     assert!(x.len() >= k && w.len() >= n * k);
     let (mut y, mut squares) = (vec![0f32; n], vec![0f32; n]);
     let (out, sums) = (SendPtr(y.as_mut_ptr()), SendPtr(squares.as_mut_ptr()));
     par_ranges(n, ROWS_PER_TASK, |c0, rows| {
-        // SAFETY: `wide::available()`; `x` holds `k` floats, `w[c0·k..]` holds `rows × k`
-        // values, and each task writes only its own entries `c0..c0 + rows` of `y` and
-        // `squares`.
+        // SAFETY: `notes_head_norms()` implies `wide::available()`; `x` holds `k` floats,
+        // `w[c0·k..]` holds `rows × k` values, and each task writes only its own entries
+        // `c0..c0 + rows` of `y` and `squares`.
         unsafe {
             wide::x_wt_squares(
                 x.as_ptr(),

@@ -97,10 +97,10 @@ impl XWtHalf {
         let (n, k) = self.shape();
         #[cfg(target_arch = "x86_64")]
         if streams(m) || blocks(m) {
-            let w = bits(&self.weight);
             if let Some(y) = self.noting(x, m, bias) {
                 return Some(y);
             }
+            let w = bits(&self.weight);
             return match self.dtype {
                 DType::BF16 => few_rows_product(x, m, w.reinterpret_cast::<bf16>(), n, k, bias),
                 _ => few_rows_product(x, m, w.reinterpret_cast::<f16>(), n, k, bias),

@@ -105,10 +105,11 @@ pub fn weight_as<B: Backend>(weight: Tensor<B, 2>, dtype: burn::tensor::DType) -
 }
 
 /// Whether this build and CPU note an LM head's row norms in the forward pass
-/// ([`try_linear_noting`]): flex on x86-64 with AVX-512 BF16, where the lens's screen runs.
+/// ([`try_linear_noting`]): flex on x86-64 with AVX-512 BF16, where the lens's screen runs
+/// (its CPU features include the wide kernels').
 pub fn notes_head_norms() -> bool {
     #[cfg(all(feature = "flex", target_arch = "x86_64"))]
-    return screen::available() && wide::available();
+    return screen::available();
     #[allow(unreachable_code)]
     false
 }

@@ -51,13 +51,34 @@ unsafe fn dot_tile<W: Weight, const MR: usize>(
     y: *mut f32,
     ys: usize,
 ) {
+    squared_dot_tile::<W, MR, false>(x, w, k, y, ys, std::ptr::null_mut());
+}
+
+/// [`dot_tile`], and with `SQUARES` each of the eight rows' sum of squares into `squares[c]`:
+/// the widened values squared into eight lanes as the entries are summed, then the lanes
+/// added in order and the squares past the last whole step one by one.
+#[inline(always)]
+unsafe fn squared_dot_tile<W: Weight, const MR: usize, const SQUARES: bool>(
+    x: *const f32,
+    w: *const W,
+    k: usize,
+    y: *mut f32,
+    ys: usize,
+    squares: *mut f32,
+) {
     const PAIRS: usize = PAIRED_ROWS / 2;
     let k8 = k / 8 * 8;
     let mut acc = [[_mm512_setzero_ps(); PAIRS]; MR];
+    let mut sq = [_mm512_setzero_ps(); PAIRS];
     let mut p = 0;
     while p < k8 {
         let wv: [__m512; PAIRS] =
             std::array::from_fn(|i| W::load_pair(w.add(2 * i * k + p), w.add((2 * i + 1) * k + p)));
+        if SQUARES {
+            for i in 0..PAIRS {
+                sq[i] = _mm512_fmadd_ps(wv[i], wv[i], sq[i]);
+            }
+        }
         for a in 0..MR {
             let xv = both_halves(x.add(a * k + p));
             for i in 0..PAIRS {
@@ -73,6 +94,16 @@ unsafe fn dot_tile<W: Weight, const MR: usize>(
                 (2 * i + 1, high_half(acc[a][i])),
             ] {
                 *y.add(a * ys + c) = avx2::finish_dot(half, x.add(a * k), w.add(c * k), k);
+            }
+        }
+    }
+    if SQUARES {
+        for i in 0..PAIRS {
+            for (c, half) in [
+                (2 * i, _mm512_castps512_ps256(sq[i])),
+                (2 * i + 1, high_half(sq[i])),
+            ] {
+                *squares.add(c) = squares_tail(half, w.add(c * k), k);
             }
         }
     }
@@ -116,8 +147,8 @@ pub unsafe fn x_wt<W: Weight>(
 
 /// [`x_wt`] for one row of `x`, with each row of `w`'s sum of squares into `squares` (`n`
 /// floats): the LM head's product in a forward pass that notes its row norms for the logit
-/// lens ([`super::HeadNorms`]). The entries have [`x_wt`]'s bits; the squares of the widened
-/// values are summed in f32 lane by lane as the entries are, then the lanes in order.
+/// lens ([`super::HeadNorms`]). The entries come from [`x_wt`]'s tiles, so with its bits
+/// ([`squared_dot_tile`]); rows past the last whole tile are squared one value at a time.
 ///
 /// # Safety
 /// [`available`]; `x` holds `k` floats, `w` `n × k` values, `y` and `squares` `n` floats.
@@ -130,36 +161,9 @@ pub unsafe fn x_wt_squares<W: Weight>(
     y: *mut f32,
     squares: *mut f32,
 ) {
-    const PAIRS: usize = PAIRED_ROWS / 2;
     let paired = n / PAIRED_ROWS * PAIRED_ROWS;
-    let k8 = k / 8 * 8;
     for c in (0..paired).step_by(PAIRED_ROWS) {
-        let w = w.add(c * k);
-        let mut acc = [_mm512_setzero_ps(); PAIRS];
-        let mut sq = [_mm512_setzero_ps(); PAIRS];
-        let mut p = 0;
-        while p < k8 {
-            let xv = both_halves(x.add(p));
-            for i in 0..PAIRS {
-                let wv = W::load_pair(w.add(2 * i * k + p), w.add((2 * i + 1) * k + p));
-                acc[i] = _mm512_fmadd_ps(xv, wv, acc[i]);
-                sq[i] = _mm512_fmadd_ps(wv, wv, sq[i]);
-            }
-            p += 8;
-        }
-        for i in 0..PAIRS {
-            for (r, dot, square) in [
-                (
-                    2 * i,
-                    _mm512_castps512_ps256(acc[i]),
-                    _mm512_castps512_ps256(sq[i]),
-                ),
-                (2 * i + 1, high_half(acc[i]), high_half(sq[i])),
-            ] {
-                *y.add(c + r) = avx2::finish_dot(dot, x, w.add(r * k), k);
-                *squares.add(c + r) = squares_tail(square, w.add(r * k), k);
-            }
-        }
+        squared_dot_tile::<W, 1, true>(x, w.add(c * k), k, y.add(c), n, squares.add(c));
     }
     for r in paired..n {
         let row = w.add(r * k);

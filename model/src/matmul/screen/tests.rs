@@ -71,17 +71,17 @@ fn plans() -> Vec<Plan> {
 fn check_table(x: &[f32], m: usize, w: Table, n: usize, k: usize, target: usize) {
     let expected = brute(x, m, w, n, k, target);
     let notes = match w {
-        Table::Bf16(bits) => noted_norms(bits, n, k),
-        Table::F32(_) => super::super::HeadNorms::default(),
-    };
-    let noted = match w {
-        Table::Bf16(bits) => notes.of(bits.as_ptr(), n, k),
+        Table::Bf16(bits) => Some((noted_norms(bits, n, k), bits)),
         Table::F32(_) => None,
     };
+    let noted = notes
+        .as_ref()
+        .and_then(|(notes, bits)| notes.of(bits.as_ptr(), n, k));
+    // Each plan with the screen's own norms, then with the noted ones if any.
     let runs = plans().into_iter().flat_map(|plan| {
-        [(plan, None), (plan, noted)]
-            .into_iter()
-            .take(1 + noted.iter().count())
+        std::iter::once(None)
+            .chain(noted.map(Some))
+            .map(move |norms| (plan, norms))
     });
     for (plan, norms) in runs {
         let ranked = rank_rows_by(plan, x, m, w, norms, n, k, target, 5).expect("k, m, target");
