@@ -231,13 +231,10 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
             true => weight,
             false => weight.narrow(0, ids.start, ids.len()),
         };
-        // The whole head, read for a forward pass that notes its row norms when asked.
-        let notes = (ids.len() == self.config.vocab_size && self.head_norms.wanted())
-            .then_some(&self.head_norms);
-        let product = |x: Tensor<B, 2>, weight: Tensor<B, 2>| match notes {
-            Some(notes) => crate::matmul::try_linear_noting(x, weight, notes),
-            None => crate::matmul::try_linear(x, weight, None),
-        };
+        // The whole head, read by a forward pass, notes its row norms where they are asked
+        // for.
+        let notes = (ids.len() == self.config.vocab_size).then_some(&self.head_norms);
+        let product = |x, weight| crate::matmul::try_linear_noting(x, weight, notes);
         match &self.lm_head {
             Some(head) => match product(normed, slice(head.weight.val())) {
                 Ok(logits) => logits,

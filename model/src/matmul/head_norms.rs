@@ -40,6 +40,7 @@ impl HeadNorms {
     }
 
     /// Whether a product of the head should note the norms: asked, and not noted yet.
+    #[cfg_attr(not(all(feature = "flex", target_arch = "x86_64")), allow(dead_code))]
     pub(crate) fn wanted(&self) -> bool {
         self.asked.load(Ordering::Relaxed) && self.noted.get().is_none()
     }

@@ -134,9 +134,9 @@ pub fn try_linear<B: Backend>(
     Err((x, weight, bias))
 }
 
-/// [`try_linear`] for an LM head whose row norms the logit lens may ask for: where `notes`
-/// want them ([`HeadNorms::ask`]) and the product is one row against a bf16 head on flex
-/// (x86-64 with AVX-512 BF16), it notes them as it reads the rows.
+/// [`try_linear`] without a bias, for an LM head whose row norms the logit lens may ask for:
+/// where `notes` want them ([`HeadNorms::ask`]) and the product is one row against a bf16
+/// head on flex (x86-64 with AVX-512 BF16), it notes them as it reads the rows.
 ///
 /// # Shapes
 /// - `x`: `[m, k]`, `weight`: `[n, k]` → `[m, n]`
@@ -144,10 +144,10 @@ pub fn try_linear<B: Backend>(
 pub fn try_linear_noting<B: Backend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
-    notes: &Arc<HeadNorms>,
+    notes: Option<&Arc<HeadNorms>>,
 ) -> Result<Tensor<B, 2>, LinearOperands<B>> {
     #[cfg(feature = "flex")]
-    return flex::try_linear(x, weight, None, Some(notes));
+    return flex::try_linear(x, weight, None, notes);
     #[allow(unreachable_code)]
     {
         let _ = notes;
