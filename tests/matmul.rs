@@ -1,11 +1,16 @@
 //! flex's linear-layer product (`qwen2_burn::matmul`) against products taken in f64 on the
 //! host: the forward `x · Wᵀ + b`, and its input gradient `g · W` under autodiff, over shapes
-//! that exercise every register tile of the few-row kernels, the tails of `k`, and gemm.
+//! that exercise every register tile of the few-row kernels, the tails of `k`, and gemm; and
+//! o_proj's product summed by head (`linear_heads`), with the head scores from the
+//! contributions it notes.
 #![cfg(feature = "flex")]
 
+use std::sync::Arc;
+
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use qwen2_burn::matmul::{blocks, linear, streams, try_linear, MAX_BLOCKED_ROWS, MAX_FEW_ROWS};
+use qwen2_burn::matmul::{head_squares, linear_heads, notes_head_parts, HeadParts};
 
 /// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -227,6 +232,141 @@ fn a_weight_that_needs_a_gradient_goes_to_the_backend() {
         for p in 0..k {
             let want: f32 = (0..m).map(|i| x[i * k + p]).sum();
             assert!((got[j * k + p] - want).abs() < 1e-5);
+        }
+    }
+}
+
+/// `Σ_d (c_h[a][d] · g[a][d])²` in f64, `c_h[a] = z_h[a] · W_hᵀ`.
+fn squares_f64(z: &[f32], g: &[f32], w: &[f32], (m, n, heads, hd): Shape) -> Vec<f64> {
+    let k = heads * hd;
+    let mut out = vec![0.0; heads * m];
+    for h in 0..heads {
+        for a in 0..m {
+            for d in 0..n {
+                let c: f64 = (h * hd..(h + 1) * hd)
+                    .map(|p| z[a * k + p] as f64 * w[d * k + p] as f64)
+                    .sum();
+                out[h * m + a] += (c * g[a * n + d] as f64).powi(2);
+            }
+        }
+    }
+    out
+}
+
+/// Rows of input, hidden size, heads, head width.
+type Shape = (usize, usize, usize, usize);
+
+/// Rows 1..=16 (the streaming kernels'), hidden sizes in whole tiles of eight and not (the
+/// latter sum as any product and note nothing), heads of 8 and 16 columns, and 17 rows (the
+/// blocked kernels, nothing noted).
+const HEAD_SHAPES: &[Shape] = &[
+    (1, 8, 1, 8),
+    (5, 64, 4, 16),
+    (7, 24, 3, 8),
+    (16, 40, 2, 16),
+    (3, 12, 2, 8),
+    (17, 16, 2, 8),
+];
+
+#[test]
+fn outputs_gradients_and_head_scores_by_head() {
+    type B = Autodiff<Flex>;
+    for &(m, n, heads, hd) in HEAD_SHAPES {
+        let k = heads * hd;
+        let (x, w, g) = (values(m * k, 1), values(n * k, 2), values(m * n, 3));
+        for dtype in [DType::F32, DType::BF16] {
+            let label = format!("m {m} n {n} heads {heads}×{hd} {dtype:?}");
+            let weight = tensor::<B>(&w, n, k).cast(dtype);
+            let wide = host(weight.clone().cast(DType::F32));
+            let parts = Arc::new(HeadParts::new(heads));
+            parts.ask();
+            let xt = tensor::<B>(&x, m, k).require_grad();
+            let y = linear_heads(xt.clone(), weight.clone(), None, &parts);
+            let plain = linear(tensor::<B>(&x, m, k), weight.clone(), None);
+
+            // The output: the product within f32 rounding of the sums' lengths.
+            let (got, want) = (host(y.clone()), host(plain));
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                let scale: f32 = (0..k)
+                    .map(|p| (x[i / n * k + p] * wide[i % n * k + p]).abs())
+                    .sum();
+                assert!((a - b).abs() <= 1e-5 * scale, "{label} [{i}]: {a} vs {b}");
+            }
+            // Its input gradient: g · W.
+            let grads = (y * tensor::<B>(&g, m, n)).sum().backward();
+            let gx = host(xt.grad(&grads).unwrap());
+            for a in 0..m {
+                for p in 0..k {
+                    let want: f64 = (0..n)
+                        .map(|d| g[a * n + d] as f64 * wide[d * k + p] as f64)
+                        .sum();
+                    let got = gx[a * k + p] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * n as f64,
+                        "{label} ∂x [{a}, {p}]"
+                    );
+                }
+            }
+
+            // The head scores: from the noted contributions where the kernel took the product,
+            // else from o_proj again; equal to f64 sums either way.
+            let noted = notes_head_parts() && m <= 16 && n % 8 == 0;
+            let inner = |t: Tensor<B, 2>| t.inner();
+            let scores = |parts: Option<&HeadParts>| {
+                head_squares(
+                    inner(tensor::<B>(&x, m, k)),
+                    inner(tensor::<B>(&g, m, n)),
+                    heads,
+                    inner(weight.clone()),
+                    parts,
+                )
+            };
+            let want = squares_f64(&x, &g, &wide, (m, n, heads, hd));
+            let from_parts = scores(Some(&parts));
+            assert_eq!(parts.times_used(), usize::from(noted), "{label}");
+            let again = scores(None);
+            for got in [from_parts, again].into_iter().flatten() {
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*a as f64 - b).abs() <= 1e-5 * b.max(1e-6),
+                        "{label} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+            // Read once: the contributions are let go, and a second read computes anew.
+            assert!(scores(Some(&parts)).is_none_or(|s| s.len() == heads * m));
+            assert_eq!(parts.times_used(), usize::from(noted), "{label}");
+        }
+    }
+}
+
+#[test]
+fn another_input_does_not_take_the_noted_contributions() {
+    type B = Flex;
+    let (m, n, heads, hd) = (4, 32, 2, 16);
+    let k = heads * hd;
+    let (x, w, g) = (values(m * k, 4), values(n * k, 5), values(m * n, 6));
+    let weight = tensor::<B>(&w, n, k);
+    let parts = Arc::new(HeadParts::new(heads));
+    parts.ask();
+    let _ = linear_heads(tensor::<B>(&x, m, k), weight.clone(), None, &parts);
+    // Not asked again: the next product notes nothing.
+    let mut other = x.clone();
+    other[5] = 0.25;
+    let _ = linear_heads(tensor::<B>(&other, m, k), weight.clone(), None, &parts);
+    let got = head_squares(
+        tensor::<B>(&other, m, k),
+        tensor::<B>(&g, m, n),
+        heads,
+        weight,
+        Some(&parts),
+    );
+    assert_eq!(parts.times_used(), 0);
+    // Still the scores of `other`, computed from o_proj.
+    let want = squares_f64(&other, &g, &w, (m, n, heads, hd));
+    if let Some(got) = got {
+        for (a, b) in got.iter().zip(&want) {
+            assert!((*a as f64 - b).abs() <= 1e-5 * b.max(1e-6), "{a} vs {b}");
         }
     }
 }

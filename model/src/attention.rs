@@ -1,6 +1,9 @@
 //! Grouped-query self-attention with q/k/v biases, rotate-half RoPE and a causal mask.
 
+use std::sync::Arc;
+
 use crate::linear::Linear;
+use crate::matmul::HeadParts;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -28,6 +31,10 @@ pub struct Attention<B: Backend> {
     pub num_kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
+    /// The heads' contributions through o_proj, noted by the forward pass when asked
+    /// ([`Self::head_parts`]).
+    #[module(skip)]
+    head_parts: Arc<HeadParts>,
 }
 
 impl<B: Backend> Attention<B> {
@@ -43,7 +50,15 @@ impl<B: Backend> Attention<B> {
             num_heads: c.num_attention_heads,
             num_kv_heads: c.num_key_value_heads,
             head_dim: d,
+            head_parts: Arc::new(HeadParts::new(c.num_attention_heads)),
         })
+    }
+
+    /// The heads' contributions through o_proj: [`HeadParts::ask`] before a forward pass has
+    /// its product note them where it can, for the head scores
+    /// ([`crate::matmul::head_squares`]).
+    pub fn head_parts(&self) -> &HeadParts {
+        &self.head_parts
     }
 
     /// Causal self-attention over `x`; calls the probe at `HeadOut(layer)`.
@@ -83,6 +98,6 @@ impl<B: Backend> Attention<B> {
         // [batch, kv_heads, group·seq, head_dim] → [batch, seq, heads·head_dim]
         let heads = fused::merge_heads(probs.matmul(v).reshape([batch, nh, seq, d]));
         let heads = probe.at(Site::HeadOut(layer), heads);
-        self.o_proj.forward(heads)
+        self.o_proj.forward_heads(heads, &self.head_parts)
     }
 }

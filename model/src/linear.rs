@@ -29,4 +29,22 @@ impl<B: Backend> Linear<B> {
         let y = crate::matmul::linear(x.reshape([batch * seq, d_in]), weight, bias);
         y.reshape([batch, seq, d_out])
     }
+
+    /// [`Self::forward`] for an attention layer's o_proj, whose input holds `parts`' heads side
+    /// by side ([`crate::matmul::linear_heads`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, heads·head_dim]` → `[batch, seq, d_out]`
+    pub fn forward_heads(
+        &self,
+        x: Tensor<B, 3>,
+        parts: &std::sync::Arc<crate::matmul::HeadParts>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, d_in] = x.dims();
+        let weight = self.weight.val();
+        let d_out = weight.dims()[0];
+        let bias = self.bias.as_ref().map(Param::val);
+        let y = crate::matmul::linear_heads(x.reshape([batch * seq, d_in]), weight, bias, parts);
+        y.reshape([batch, seq, d_out])
+    }
 }

@@ -125,6 +125,17 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         self.head_norms.ask();
     }
 
+    /// Asks the next forward pass to note every attention head's contribution through o_proj
+    /// as o_proj computes it, for the head scores (which otherwise read o_proj again); see
+    /// [`crate::matmul::HeadParts`] and each layer's [`Attention::head_parts`].
+    ///
+    /// [`Attention::head_parts`]: crate::attention::Attention::head_parts
+    pub fn keep_head_parts(&self) {
+        for layer in &self.model.layers {
+            layer.self_attn.head_parts().ask();
+        }
+    }
+
     /// The LM head's row norms as far as noted and read ([`Self::keep_head_norms`]).
     pub fn head_norms(&self) -> &HeadNorms {
         &self.head_norms

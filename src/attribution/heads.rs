@@ -8,6 +8,8 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::model::matmul::HeadParts;
+
 /// One head's scores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadScore {
@@ -42,7 +44,7 @@ pub fn layer_heads<B: Backend>(
     heads: usize,
     z: Tensor<B, 3>,
     grad_z: Tensor<B, 3>,
-    o_proj: Tensor<B, 2>,
+    (o_proj, parts): (Tensor<B, 2>, Option<&HeadParts>),
     grad_out: Tensor<B, 3>,
 ) -> Result<Vec<HeadScore>, String> {
     let [_, seq, width] = z.dims();
@@ -57,9 +59,10 @@ pub fn layer_heads<B: Backend>(
             .reshape([heads]),
     )?;
     // Each head's contribution `z_h · W_o[:, h]ᵀ`, times the gradient, squared and summed
-    // over the hidden dims: in one pass over o_proj where the backend has a kernel for it
-    // (which reads a bf16 or f16 o_proj as stored), else as one 2-D product of column blocks
-    // (views, read in place) per head, in the activations' precision.
+    // over the hidden dims: from the contributions the forward pass noted in `parts` for this
+    // `z`, or in one pass over o_proj, where the backend has kernels for them (which read a
+    // bf16 or f16 o_proj as stored); else as one 2-D product of column blocks (views, read in
+    // place) per head, in the activations' precision.
     let z = z.reshape([seq, width]);
     let grad_out = grad_out.reshape([seq, hidden]);
     let squares = match crate::model::matmul::head_squares(
@@ -67,6 +70,7 @@ pub fn layer_heads<B: Backend>(
         grad_out.clone(),
         heads,
         o_proj.clone(),
+        parts,
     ) {
         Some(squares) => squares,
         None => {

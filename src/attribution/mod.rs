@@ -264,6 +264,11 @@ pub fn attribute_loaded_with<B: Backend>(
         // takes the row norms the lens's screen needs, which would otherwise read it again.
         model.keep_head_norms();
     }
+    if !options.nodes_only {
+        // o_proj's product at a few tokens sums head by head: it can keep what each head
+        // contributes, which the head scores would otherwise compute from o_proj again.
+        model.keep_head_parts();
+    }
     let c = &model.config;
     let seq = ids.len();
     let position = objective.position_in(seq);
@@ -399,7 +404,10 @@ pub fn attribute_loaded_with<B: Backend>(
                     c.num_attention_heads,
                     head_activation(layer),
                     grad_tensors[&Site::HeadOut(layer)].clone(),
-                    block.self_attn.o_proj.weight.val().inner(),
+                    (
+                        block.self_attn.o_proj.weight.val().inner(),
+                        Some(block.self_attn.head_parts()),
+                    ),
                     grad_tensors[&Site::AttnOut(layer)].clone(),
                 )
                 .map_err(ModelError::Source)?,

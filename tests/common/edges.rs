@@ -16,9 +16,24 @@ fn close(got: f64, want: f64, peers: f64, tolerance: f64) -> bool {
     (got - want).abs() <= 1e-4 * want.abs() + tolerance * peers
 }
 
-pub fn check_edges_and_heads<B: Backend>(name: &str, tolerance: f64) {
+/// Checks every case of fixture `name`; returns how many of its layers' head scores came
+/// from the contributions o_proj's product noted, and how many cases × layers had prompts
+/// short enough for it to note them (the streaming kernels' rows).
+pub fn check_edges_and_heads<B: Backend>(name: &str, tolerance: f64) -> (usize, usize) {
     let model = super::load_fixture::<Autodiff<B>>(name);
+    let layers = &model.model.layers;
+    let used = || -> usize {
+        layers
+            .iter()
+            .map(|l| l.self_attn.head_parts().times_used())
+            .sum()
+    };
+    let before = used();
+    let mut short = 0;
     for case in &reference(name).cases {
+        if case.input_ids.len() <= attrib::model::matmul::MAX_FEW_ROWS {
+            short += layers.len();
+        }
         let out =
             attribute_loaded(&model, &case.input_ids, Objective::default(), &mut |_| {}).unwrap();
         let label = format!("{name} {:?}", case.prompt);
@@ -79,4 +94,5 @@ pub fn check_edges_and_heads<B: Backend>(name: &str, tolerance: f64) {
             }
         }
     }
+    (used() - before, short)
 }

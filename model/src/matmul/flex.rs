@@ -15,8 +15,8 @@ use burn::tensor::{backend::Backend, DType, Tensor};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::{avx2, blocked, heads, wide};
-use super::{HeadNorms, MAX_BLOCKED_ROWS, MAX_FEW_ROWS};
+use super::{avx2, blocked, heads, per_head, wide};
+use super::{HeadNorms, HeadParts, MAX_BLOCKED_ROWS, MAX_FEW_ROWS};
 #[cfg(target_arch = "x86_64")]
 use crate::flex_ops::SendPtr;
 use crate::flex_ops::{
@@ -24,7 +24,8 @@ use crate::flex_ops::{
     FlexOp,
 };
 
-/// Weight rows per task in the forward kernel (a multiple of its three-row tile).
+/// Weight rows per task in the forward kernels (a multiple of their tiles' rows: three, and
+/// eight for o_proj's).
 #[cfg(target_arch = "x86_64")]
 const ROWS_PER_TASK: usize = 48;
 
@@ -34,17 +35,23 @@ const PARALLEL_ABOVE: usize = 1 << 21;
 /// See [`super::try_linear`].
 ///
 /// With `notes`, a one-row product of a bf16 weight notes its row norms where they are wanted
-/// (see [`super::try_linear_noting`]).
+/// (see [`super::try_linear_noting`]); with `parts` (and no bias), an attention layer's o_proj
+/// sums by head and notes the heads' contributions where asked (see
+/// [`super::linear_heads`]).
 #[allow(clippy::result_large_err)]
 pub(super) fn try_linear<B: Backend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
     notes: Option<&Arc<HeadNorms>>,
+    parts: Option<&Arc<HeadParts>>,
 ) -> Result<Tensor<B, 2>, super::LinearOperands<B>> {
     let weight = primitive(weight);
     let bias = bias.map(primitive);
-    if let Some(op) = super::flex_half::XWtHalf::new::<B>(&weight, bias.as_ref(), notes) {
+    let parts = parts.filter(|_| bias.is_none()).cloned();
+    if let Some(op) =
+        super::flex_half::XWtHalf::new::<B>(&weight, bias.as_ref(), notes, parts.clone())
+    {
         return run_linear(op, x, weight, bias);
     }
     let w = constant::<B>(&weight).filter(|w| weight_rows(w).is_some());
@@ -55,7 +62,11 @@ pub(super) fn try_linear<B: Backend>(
     let op = w.zip(b).and_then(|(weight, bias)| {
         let n = dims(&weight)[0];
         let fits = bias.as_ref().is_none_or(|b| dims(b) == [n]);
-        fits.then_some(XWt { weight, bias })
+        fits.then_some(XWt {
+            weight,
+            bias,
+            parts,
+        })
     });
     let Some(op) = op else {
         return Err((x, tensor(weight), bias.map(tensor)));
@@ -128,6 +139,7 @@ pub(super) fn head_squares<B: Backend>(
     g: Tensor<B, 2>,
     heads: usize,
     weight: Tensor<B, 2>,
+    parts: Option<&HeadParts>,
 ) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -156,6 +168,12 @@ pub(super) fn head_squares<B: Backend>(
         let (g, g_seq, g_hidden) = weight_rows(&g)?;
         if (z_width, g_seq, g_hidden) != (width, seq, hidden) {
             return None;
+        }
+        // The contributions o_proj's product noted for this input, where it did.
+        let key = (weight_address(&weight), hidden, width);
+        let noted = parts.filter(|parts| parts.heads() == heads);
+        if let Some(squares) = noted.and_then(|parts| parts.squares(key, z, g)) {
+            return Some(squares);
         }
         // A few ranges of the weight's rows per thread, each summed into its own buffer.
         let per = hidden
@@ -190,8 +208,17 @@ pub(super) fn head_squares<B: Backend>(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (z, g, heads, weight);
+        let _ = (z, g, heads, weight, parts);
         None
+    }
+}
+
+/// The address of a weight's first value, as the products see it (f32, bf16 or f16).
+#[cfg(target_arch = "x86_64")]
+fn weight_address(weight: &FlexTensor) -> usize {
+    match weight.dtype() {
+        DType::BF16 | DType::F16 => super::flex_half::bits(weight).as_ptr() as usize,
+        _ => elems(weight).as_ptr() as usize,
     }
 }
 
@@ -213,6 +240,9 @@ struct XWt {
     weight: FlexTensor,
     /// `[n]`, contiguous.
     bias: Option<FlexTensor>,
+    /// An attention layer's heads, for its o_proj (no bias): summed by head, and their
+    /// contributions noted where asked ([`stream_x_wt_heads`]).
+    parts: Option<Arc<HeadParts>>,
 }
 
 impl FlexOp<1> for XWt {
@@ -226,7 +256,10 @@ impl FlexOp<1> for XWt {
             return None;
         }
         let x = dense(x)?;
-        let y = product(elems(&x), m, w, n, k, self.bias.as_ref().map(elems));
+        let by_head = self.parts.as_ref();
+        let y = by_head
+            .and_then(|parts| stream_x_wt_heads(elems(&x), m, w, n, k, parts))
+            .unwrap_or_else(|| product(elems(&x), m, w, n, k, self.bias.as_ref().map(elems)));
         Some((from_vec(y, &[m, n]), ()))
     }
 
@@ -443,6 +476,65 @@ pub(super) fn stream_x_wt_squares<W: avx2::Weight>(
         }
     });
     Some((y, squares))
+}
+
+/// `y = x · Wᵀ` for an attention layer's o_proj (`x` is `m × k`, `k` the heads' columns side
+/// by side, `w` is `n × k`) by [`per_head::x_wt_heads`] on every core, summed by head; where
+/// `parts` asks ([`HeadParts::ask`]), each head's contribution is noted there. `None` where
+/// that kernel does not apply: more rows than [`streams`] takes, no AVX-512, or heads or
+/// hidden size not in whole steps of eight (the product then sums as any other).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn stream_x_wt_heads<W: avx2::Weight>(
+    x: &[f32],
+    m: usize,
+    w: &[W],
+    n: usize,
+    k: usize,
+    parts: &HeadParts,
+) -> Option<Vec<f32>> {
+    let heads = parts.heads();
+    let hd = k.checked_div(heads).filter(|hd| hd * heads == k)?;
+    let steps = hd.is_multiple_of(per_head::STEP) && n.is_multiple_of(per_head::TILE_ROWS);
+    if !streams(m) || !wide::available() || !steps || hd == 0 || n == 0 {
+        return None;
+    }
+    assert!(x.len() >= m * k && w.len() >= n * k);
+    let keep = parts.take_ask();
+    let mut y = vec![0f32; m * n];
+    let mut noted = vec![0f32; if keep { heads * m * n } else { 0 }];
+    let (out, at) = (SendPtr(y.as_mut_ptr()), SendPtr(noted.as_mut_ptr()));
+    par_ranges(n, ROWS_PER_TASK, |c0, rows| {
+        let at = if keep {
+            at.at(c0)
+        } else {
+            std::ptr::null_mut()
+        };
+        // SAFETY: `streams(m)` and `wide::available()` were checked; `n`, `hd` (and so each
+        // task's `rows`, `ROWS_PER_TASK` being a multiple of 8) are whole steps of eight and
+        // `hd` divides `k`; `x` is `m × k`, `w[c0·k..]` holds `rows × k`, and each task writes
+        // only its own columns `c0..c0 + rows` of `y` and of the `heads × m` rows of `noted`.
+        unsafe {
+            let w = w[c0 * k..].as_ptr();
+            per_head::x_wt_heads(x.as_ptr(), m, w, rows, (k, hd), out.at(c0), n, at, (m, n))
+        }
+    });
+    if keep {
+        parts.note((w.as_ptr() as usize, n, k), &x[..m * k], noted);
+    }
+    Some(y)
+}
+
+/// Without the kernels, o_proj sums as any other product.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn stream_x_wt_heads(
+    _: &[f32],
+    _: usize,
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: &HeadParts,
+) -> Option<Vec<f32>> {
+    None
 }
 
 /// `g · W` with the streaming kernels when [`streams`]`(m)`; `g` is `m × n`, `w` is `n × k`

@@ -16,9 +16,11 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{backend::Backend, DType, Shape};
 
 #[cfg(target_arch = "x86_64")]
-use super::flex::{blocks, few_rows_input_grad, few_rows_product, stream_x_wt_squares, streams};
+use super::flex::{blocks, few_rows_input_grad, few_rows_product, streams};
 use super::flex::{input_grad, product};
-use super::HeadNorms;
+#[cfg(target_arch = "x86_64")]
+use super::flex::{stream_x_wt_heads, stream_x_wt_squares};
+use super::{HeadNorms, HeadParts};
 use crate::flex_ops::{constant, dense, dims, elems, FlexOp, Float};
 use crate::halves::{halve_values, widen_into};
 #[cfg(target_arch = "x86_64")]
@@ -43,6 +45,9 @@ pub(super) struct XWtHalf {
     /// The LM head's row norms, noted by a one-row product where wanted
     /// ([`super::try_linear_noting`]).
     notes: Option<Arc<HeadNorms>>,
+    /// An attention layer's heads, for its o_proj: summed by head, and their contributions
+    /// noted where asked ([`super::linear_heads`]).
+    parts: Option<Arc<HeadParts>>,
 }
 
 impl XWtHalf {
@@ -52,6 +57,7 @@ impl XWtHalf {
         weight: &Float<B>,
         bias: Option<&Float<B>>,
         notes: Option<&Arc<HeadNorms>>,
+        parts: Option<Arc<HeadParts>>,
     ) -> Option<Self> {
         let weight = constant::<B>(weight)?;
         let dtype = weight.dtype();
@@ -72,6 +78,7 @@ impl XWtHalf {
             bias,
             dtype,
             notes: notes.cloned(),
+            parts,
         })
     }
 
@@ -101,6 +108,17 @@ impl XWtHalf {
                 return Some(y);
             }
             let w = bits(&self.weight);
+            if let Some(parts) = self.parts.as_ref() {
+                let y = match self.dtype {
+                    DType::BF16 => {
+                        stream_x_wt_heads(x, m, w.reinterpret_cast::<bf16>(), n, k, parts)
+                    }
+                    _ => stream_x_wt_heads(x, m, w.reinterpret_cast::<f16>(), n, k, parts),
+                };
+                if y.is_some() {
+                    return y;
+                }
+            }
             return match self.dtype {
                 DType::BF16 => few_rows_product(x, m, w.reinterpret_cast::<bf16>(), n, k, bias),
                 _ => few_rows_product(x, m, w.reinterpret_cast::<f16>(), n, k, bias),

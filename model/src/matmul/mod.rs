@@ -41,8 +41,11 @@ mod flex;
 #[cfg(feature = "flex")]
 mod flex_half;
 mod head_norms;
+mod head_parts;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod heads;
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod per_head;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod screen;
 #[cfg(all(test, feature = "flex", target_arch = "x86_64"))]
@@ -55,6 +58,7 @@ use std::sync::Arc;
 use burn::tensor::{backend::Backend, Tensor};
 
 pub use head_norms::HeadNorms;
+pub use head_parts::HeadParts;
 
 /// The most rows a product may have to take the streaming kernels. On a 2-core AVX-512 VM
 /// they made a 1.5B model's forward + backward faster than the blocked kernels at 10 tokens
@@ -114,6 +118,16 @@ pub fn notes_head_norms() -> bool {
     false
 }
 
+/// Whether this build and CPU sum o_proj by head and can note the heads' contributions
+/// ([`linear_heads`]): flex on x86-64 with AVX-512 (at the few rows the streaming kernels take,
+/// for heads and hidden sizes in whole steps of eight).
+pub fn notes_head_parts() -> bool {
+    #[cfg(all(feature = "flex", target_arch = "x86_64"))]
+    return wide::available();
+    #[allow(unreachable_code)]
+    false
+}
+
 /// The operands of [`try_linear`], handed back when it does not apply: `x`, `W`, `b`.
 pub type LinearOperands<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
 
@@ -129,7 +143,7 @@ pub fn try_linear<B: Backend>(
     bias: Option<Tensor<B, 1>>,
 ) -> Result<Tensor<B, 2>, LinearOperands<B>> {
     #[cfg(feature = "flex")]
-    return flex::try_linear(x, weight, bias, None);
+    return flex::try_linear(x, weight, bias, None, None);
     #[allow(unreachable_code)]
     Err((x, weight, bias))
 }
@@ -147,12 +161,35 @@ pub fn try_linear_noting<B: Backend>(
     notes: Option<&Arc<HeadNorms>>,
 ) -> Result<Tensor<B, 2>, LinearOperands<B>> {
     #[cfg(feature = "flex")]
-    return flex::try_linear(x, weight, None, notes);
+    return flex::try_linear(x, weight, None, notes, None);
     #[allow(unreachable_code)]
     {
         let _ = notes;
         Err((x, weight, None))
     }
+}
+
+/// `x · Wᵀ` for an attention layer's o_proj, whose input holds `parts`' heads side by side:
+/// [`linear`], except that on flex, on x86-64 with AVX-512, at the few rows the streaming
+/// kernels take, each output sums the heads' contributions (each a sum of its own) and, where
+/// `parts` asks for them ([`HeadParts::ask`]), notes those contributions for the head scores
+/// ([`head_squares`]). The same sums whether noted or not.
+///
+/// # Shapes
+/// - `x`: `[m, heads·head_dim]`, `weight`: `[n, heads·head_dim]` → `[m, n]`
+pub fn linear_heads<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    parts: &Arc<HeadParts>,
+) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let (x, weight, bias) = match flex::try_linear(x, weight, bias, None, Some(parts)) {
+        Ok(y) => return y,
+        Err(operands) => operands,
+    };
+    let _ = parts;
+    linear(x, weight, bias)
 }
 
 /// `x · Wᵀ + b`: [`try_linear`], else the backend's matmul with `Wᵀ` as a transposed view.
@@ -216,8 +253,10 @@ pub fn rank_rows<B: Backend>(
 /// Each attention head's contribution through o_proj, weighted by the gradient there and
 /// squared, summed over the hidden dims: `[heads × seq]` values `Σ_d (c_h[p][d] · g[p][d])²`
 /// with `c_h[p] = z_h[p] · W_hᵀ`, `z_h` head h's slice of o_proj's input `z`, `W_h` its
-/// columns of `weight`, `g` the gradient at o_proj's output. On flex with AVX2 and FMA,
-/// reading the weight once; `None` elsewhere (nothing read back).
+/// columns of `weight`, `g` the gradient at o_proj's output. On flex with AVX2 and FMA: from
+/// the contributions the forward pass noted in `parts` for this very `z` and weight
+/// ([`linear_heads`]) where it did, else reading the weight once; `None` elsewhere (nothing
+/// read back).
 ///
 /// # Shapes
 /// - `z`: `[seq, heads·head_dim]`, `g`: `[seq, hidden]`, `weight`: `[hidden, heads·head_dim]`
@@ -226,12 +265,13 @@ pub fn head_squares<B: Backend>(
     g: Tensor<B, 2>,
     heads: usize,
     weight: Tensor<B, 2>,
+    parts: Option<&HeadParts>,
 ) -> Option<Vec<f32>> {
     #[cfg(feature = "flex")]
-    return flex::head_squares(z, g, heads, weight);
+    return flex::head_squares(z, g, heads, weight, parts);
     #[allow(unreachable_code)]
     {
-        let _ = (z, g, heads, weight);
+        let _ = (z, g, heads, weight, parts);
         None
     }
 }
