@@ -6,15 +6,18 @@
 #
 # MODEL is a model folder or GGUF file; TOKENS are prompt lengths (default: 5 64). For each
 # length the three modes (--nodes-only, the default output, --lens) run in turn, REPS times
-# (default 10), each in a fresh process, and the script prints each mode's median time, its
-# phases and its cost over node-only: in total, and in the scores phase alone (the extras
-# run there; the forward and backward passes are the same in every mode, so their run-to-run
-# noise, several percent on a busy VM, is left out of that column). Set ATTRIB to the binary
-# (default target/release/attrib).
+# (default 9; best a multiple of 3, as each mode runs first in a third of the rounds), each
+# in a fresh process, and the script prints each mode's median time, its phases and its cost
+# over node-only: in total, and in the scores phase alone. Most of the extras run in the
+# scores phase, and that column leaves out the forward and backward passes' run-to-run
+# noise, several percent on a busy VM; but it also leaves out what the extras add to those
+# passes (taps at every site instead of the nodes' alone, and o_proj keeping each head's
+# contribution), which only the total shows. Set ATTRIB to the binary (default
+# target/release/attrib).
 set -euo pipefail
 
 model=${1:?usage: scripts/extras_cost.sh MODEL [REPS] [TOKENS...]}
-reps=${2:-10}
+reps=${2:-9}
 shift $(($# < 2 ? $# : 2))
 lengths=("$@")
 [ ${#lengths[@]} -eq 0 ] && lengths=(5 64)
@@ -42,8 +45,13 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for n in "${lengths[@]}"; do
     text=$(prompt "$n")
-    for _ in $(seq "$reps"); do
-        for mode in nodes-only default lens; do
+    modes=(nodes-only default lens)
+    for rep in $(seq "$reps"); do
+        # Each mode first, second and third in turn: a run right after another is often
+        # slower (by 2-5% in its forward pass on a 2-core VM), which a fixed order would
+        # charge to the same mode every time.
+        first=$((rep % 3))
+        for mode in "${modes[@]:first}" "${modes[@]:0:first}"; do
             flag=()
             [ "$mode" = nodes-only ] && flag=(--nodes-only)
             [ "$mode" = lens ] && flag=(--lens)

@@ -8,7 +8,9 @@
 //!   whose coefficients are all zero: the LM head at the target position (one row) under a
 //!   logit target gets a one-hot gradient, so its backward step reads one row of the table
 //!   instead of all of it. With AVX-512 they run as `wide`'s forms, which give the same
-//!   bits from about half the instructions.
+//!   bits from about half the instructions. An attention layer's o_proj ([`linear_heads`])
+//!   takes `per_head`'s form instead, which sums each head's columns on their own and can keep
+//!   those sums for the head scores.
 //! - up to [`MAX_BLOCKED_ROWS`] rows: `blocked`'s kernels, which read `W` where it lies and
 //!   multiply while they read it. A general matmul first packs `W` into its own layout, which
 //!   at a few dozen rows costs a fifth of the product and keeps the memory traffic and the
@@ -28,7 +30,8 @@
 //! with AVX-512 BF16, by AMX tiles where the CPU has them, exact f32 values where it cannot
 //! decide; see `screen/`) and
 //! [`head_squares`] (each attention head's contribution through o_proj, squared against the
-//! gradient, in one pass over the weight; see `heads.rs`).
+//! gradient: from the contributions o_proj's product noted, see `head_parts.rs`, or in one
+//! pass over the weight, see `heads.rs`).
 
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod amx;
