@@ -201,9 +201,11 @@ impl<B: Backend> Forward<B> {
         let position = objective.position_in(ids.len());
         if !by_layers {
             let rows = embeds.as_ref().map_or(1, |e| e.dims()[0]);
+            let mut taps = taps::<B>(tap);
+            taps.prepare(&site_dims(model, rows, ids.len()), &device);
             let mut probe = Interpolated {
                 embeds: embeds.map(Tensor::from_inner),
-                taps: taps::<B>(tap),
+                taps,
             };
             let logits = model.forward(
                 ids_tensor(ids, &device).repeat_dim(0, rows),
@@ -241,6 +243,26 @@ impl<B: Backend> Forward<B> {
             }
         }
     }
+}
+
+/// Every site of a forward pass over `rows` sequences of `seq` tokens, with its activation's
+/// dims: `[rows, seq, hidden]`, or `[rows, seq, heads·head_dim]` at `HeadOut`.
+fn site_dims<B: Backend>(
+    model: &Qwen2ForCausalLM<Autodiff<B>>,
+    rows: usize,
+    seq: usize,
+) -> Vec<(Site, [usize; 3])> {
+    let c = &model.config;
+    Site::all(c.num_hidden_layers)
+        .into_iter()
+        .map(|site| {
+            let width = match site {
+                Site::HeadOut(_) => c.num_attention_heads * c.head_dim(),
+                _ => c.hidden_size,
+            };
+            (site, [rows, seq, width])
+        })
+        .collect()
 }
 
 /// `Σ_rows objective(row)` of `[rows, 1, vocab]` logits.
