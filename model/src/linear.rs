@@ -22,12 +22,7 @@ impl<B: Backend> Linear<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, d_in]` → `[batch, seq, d_out]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, seq, d_in] = x.dims();
-        let weight = self.weight.val();
-        let d_out = weight.dims()[0];
-        let bias = self.bias.as_ref().map(Param::val);
-        let y = crate::matmul::linear(x.reshape([batch * seq, d_in]), weight, bias);
-        y.reshape([batch, seq, d_out])
+        self.forward_by(x, crate::matmul::linear)
     }
 
     /// [`Self::forward`] for an attention layer's o_proj, whose input holds `parts`' heads side
@@ -40,11 +35,22 @@ impl<B: Backend> Linear<B> {
         x: Tensor<B, 3>,
         parts: &std::sync::Arc<crate::matmul::HeadParts>,
     ) -> Tensor<B, 3> {
+        self.forward_by(x, |x, weight, bias| {
+            crate::matmul::linear_heads(x, weight, bias, parts)
+        })
+    }
+
+    /// `product(x, W, b)` over all rows of `x` as one 2-D product.
+    fn forward_by(
+        &self,
+        x: Tensor<B, 3>,
+        product: impl FnOnce(Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>) -> Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
         let [batch, seq, d_in] = x.dims();
         let weight = self.weight.val();
         let d_out = weight.dims()[0];
         let bias = self.bias.as_ref().map(Param::val);
-        let y = crate::matmul::linear_heads(x.reshape([batch * seq, d_in]), weight, bias, parts);
+        let y = product(x.reshape([batch * seq, d_in]), weight, bias);
         y.reshape([batch, seq, d_out])
     }
 }

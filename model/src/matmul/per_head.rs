@@ -15,17 +15,12 @@
 use std::arch::x86_64::*;
 
 use super::avx2::Weight;
+use super::wide::both_halves;
 
 /// Rows of `W` per tile: row `i` beside row `i + 4` in each of four registers.
 pub const TILE_ROWS: usize = 8;
 /// Columns per step (the eight values of `x` in both halves of a register).
 pub const STEP: usize = 8;
-
-/// The eight floats at `p` in both halves of a 512-bit register.
-#[inline(always)]
-unsafe fn both_halves(p: *const f32) -> __m512 {
-    _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(p))))
-}
 
 /// The sums of four registers' halves, in row order: register `i` holds row `i`'s eight lanes
 /// in its low half and row `i + 4`'s in its high half; the result holds rows 0 ..= 7.

@@ -30,7 +30,7 @@ const PAIRED_ROWS: usize = 8;
 
 /// The eight floats at `p` in both halves of a 512-bit register.
 #[inline(always)]
-unsafe fn both_halves(p: *const f32) -> __m512 {
+pub(super) unsafe fn both_halves(p: *const f32) -> __m512 {
     _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(p))))
 }
 
