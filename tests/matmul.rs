@@ -370,3 +370,50 @@ fn another_input_does_not_take_the_noted_contributions() {
         }
     }
 }
+
+/// The LM head's ranks read from a GGUF file's blocks as stored (the logit lens's screen):
+/// taken, and giving what the decoded weight gives, only for the weight they decode to.
+#[test]
+fn ranks_read_from_stored_blocks_equal_those_of_the_decoded_weight() {
+    use qwen2_burn::load::GgufFile;
+    use qwen2_burn::matmul::{rank_rows, reads_stored_blocks};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gguf/quant-samples.gguf"
+    );
+    let file = GgufFile::open(path).unwrap();
+    for name in ["q8_0", "q6_k"] {
+        let Some(stored) = file.stored_blocks(name) else {
+            continue;
+        };
+        let [n, k] = stored.shape();
+        let w = file.dequantize(name).unwrap();
+        let x = values(3 * k, 41);
+        let ranks = |weight: &[f32], stored| {
+            let (x, w) = (tensor::<Flex>(&x, 3, k), tensor::<Flex>(weight, n, k));
+            rank_rows(x, w, n - 1, 2, None, stored)
+        };
+        let plain = ranks(&w, None);
+        assert_eq!(ranks(&w, Some(&stored)), plain, "{name}");
+        // Taken (where the screen runs at all), and only for the weight they decode to.
+        let taken = usize::from(reads_stored_blocks::<Flex>() && plain.is_some());
+        assert_eq!(stored.times_read(), taken, "{name}");
+        let other: Vec<f32> = w.iter().map(|v| v * 2.0).collect();
+        assert_eq!(ranks(&other, Some(&stored)), ranks(&other, None), "{name}");
+        assert_eq!(stored.times_read(), taken, "{name}");
+        if let Some(plain) = plain {
+            // Against the decoded weight's f32 product, taken on the host.
+            for (r, row) in plain.iter().enumerate() {
+                let dot = |j: usize| -> f64 {
+                    (0..k)
+                        .map(|p| x[r * k + p] as f64 * w[j * k + p] as f64)
+                        .sum()
+                };
+                let t = dot(n - 1);
+                assert!((row.target_logit as f64 - t).abs() <= 1e-4 * (1.0 + t.abs()));
+                let above = (0..n).filter(|&j| dot(j) > t).count();
+                assert_eq!(row.above, above, "{name} row {r}");
+            }
+        }
+    }
+}

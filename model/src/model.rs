@@ -11,7 +11,7 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use crate::block::DecoderLayer;
 use crate::config::Qwen2Config;
 use crate::error::ModelError;
-use crate::load::{Loader, WeightSource};
+use crate::load::{Loader, StoredBlocks, WeightSource};
 use crate::matmul::HeadNorms;
 use crate::probe::{Probe, Site};
 use crate::rope::Rope;
@@ -59,6 +59,9 @@ pub struct Qwen2ForCausalLM<B: Backend> {
     /// The LM head's row norms, noted by a forward pass for the logit lens when asked
     /// ([`Self::keep_head_norms`]).
     head_norms: Arc<HeadNorms>,
+    /// The LM head as its file stores it, where the logit lens can read it so
+    /// ([`crate::matmul::rank_rows`]): a GGUF file's quantized blocks.
+    head_blocks: Option<StoredBlocks>,
 }
 
 impl<B: Backend> Qwen2ForCausalLM<B> {
@@ -98,6 +101,13 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         } else {
             Some(loader.linear("lm_head", c.hidden_size, c.vocab_size, false)?)
         };
+        let head_name = match c.tie_word_embeddings {
+            true => "model.embed_tokens.weight",
+            false => "lm_head.weight",
+        };
+        let head_blocks = crate::matmul::reads_stored_blocks::<B>()
+            .then(|| loader.blocks(head_name))
+            .flatten();
         progress(total, total);
         loader.finish()?;
         Ok(Self {
@@ -115,6 +125,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
                 device,
             ),
             head_norms: Arc::default(),
+            head_blocks,
         })
     }
 
@@ -139,6 +150,12 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     /// The LM head's row norms as far as noted and read ([`Self::keep_head_norms`]).
     pub fn head_norms(&self) -> &HeadNorms {
         &self.head_norms
+    }
+
+    /// The LM head as its file stores it, kept for the logit lens where that can read it
+    /// (a GGUF file's blocks, on flex with AVX-512 BF16; see [`crate::matmul::rank_rows`]).
+    pub fn head_blocks(&self) -> Option<&StoredBlocks> {
+        self.head_blocks.as_ref()
     }
 
     /// Logits at the last position of every sequence, without a probe.
@@ -267,7 +284,8 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     /// for `target`, how many logits exceed it, and candidates for the `top` highest, without
     /// the `[rows, vocab]` logits ([`crate::matmul::rank_rows`]: on flex with AVX-512 BF16;
     /// `None` elsewhere, where [`Self::head_rows`] gives the logits). It takes the head's row
-    /// norms from the forward pass where that noted them ([`Self::keep_head_norms`]).
+    /// norms from the forward pass where that noted them ([`Self::keep_head_norms`]), and reads
+    /// the head as its file stores it where that is a GGUF file's blocks.
     pub fn head_ranks(
         &self,
         normed: Tensor<B, 2>,
@@ -278,7 +296,8 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
             Some(head) => head.weight.val(),
             None => self.model.embed_tokens.weight.val(),
         };
-        crate::matmul::rank_rows(normed, weight, target as usize, top, Some(&self.head_norms))
+        let (notes, stored) = (Some(&*self.head_norms), self.head_blocks.as_ref());
+        crate::matmul::rank_rows(normed, weight, target as usize, top, notes, stored)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Loading weights: any [`WeightSource`] gives tensors by their Hugging Face name, and
 //! [`Loader`] hands them to the model while checking shapes and which ones were used.
 
+mod blocks;
 mod decode;
 pub mod gguf;
 #[cfg(feature = "tch")]
@@ -19,6 +20,7 @@ use burn::tensor::{backend::Backend, get_device_settings, DType, Tensor, TensorD
 use crate::error::ModelError;
 use crate::linear::Linear;
 
+pub use self::blocks::{BlockDecoder, StoredBlocks};
 pub use self::gguf::{qwen2_config, GgufFile, GgufSource};
 pub use self::safetensors::SafetensorsSource;
 
@@ -43,6 +45,13 @@ pub trait WeightSource {
     /// map), for a backend that computes with half-precision weights itself; `None` where the
     /// tensor is stored otherwise or the source would have to copy it.
     fn read_in_place_half(&self, name: &str) -> Option<TensorData> {
+        let _ = name;
+        None
+    }
+    /// A 2-D tensor as stored in blocks of a quantized format, shared with memory the source
+    /// holds, with the decoder [`read_data`](Self::read_data) decodes it with (so the same
+    /// values, bit for bit); `None` where it is stored otherwise or no such decoder runs here.
+    fn read_blocks(&self, name: &str) -> Option<StoredBlocks> {
         let _ = name;
         None
     }
@@ -103,6 +112,11 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// Whether the source holds `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.source.shape(name).is_some()
+    }
+
+    /// `name` as stored in blocks, if the source keeps it so ([`WeightSource::read_blocks`]).
+    pub fn blocks(&self, name: &str) -> Option<StoredBlocks> {
+        self.source.read_blocks(name)
     }
 
     /// Marks a tensor as accounted for without loading it (a tied `lm_head.weight`).

@@ -23,6 +23,7 @@ use crate::flex_ops::{
     self, constant, dense, dense_constant, dense_grad, dims, elems, from_vec, primitive, tensor,
     FlexOp,
 };
+use crate::load::StoredBlocks;
 
 /// Weight rows per task in the forward kernels (a multiple of their tiles' rows: three, and
 /// eight for o_proj's).
@@ -89,6 +90,22 @@ fn run_linear<B: Backend, Op: FlexOp<1>>(
     }
 }
 
+/// Whether `stored` holds an `n × k` table whose first row and row `target` decode to
+/// `table`'s bits: the weight the model was loaded with from those very blocks.
+#[cfg(target_arch = "x86_64")]
+fn decodes_to(stored: &StoredBlocks, table: &[f32], n: usize, k: usize, target: usize) -> bool {
+    let mut row = vec![0f32; k];
+    stored.shape() == [n, k]
+        && target < n
+        && [0, target].iter().all(|&j| {
+            stored.decode_row(j, &mut row);
+            let want = &table[j * k..][..k];
+            row.iter()
+                .zip(want)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        })
+}
+
 /// See [`super::rank_rows`].
 pub(super) fn rank_rows<B: Backend>(
     x: Tensor<B, 2>,
@@ -96,6 +113,7 @@ pub(super) fn rank_rows<B: Backend>(
     target: usize,
     top: usize,
     notes: Option<&HeadNorms>,
+    stored: Option<&StoredBlocks>,
 ) -> Option<Vec<super::Ranked>> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -112,23 +130,33 @@ pub(super) fn rank_rows<B: Backend>(
         };
         let w = match weight.dtype() {
             DType::BF16 => Table::Bf16(super::flex_half::bits(&weight)),
-            _ => Table::F32(elems(&weight)),
+            _ => {
+                let table = elems(&weight);
+                match stored.filter(|s| decodes_to(s, table, n, k, target)) {
+                    Some(stored) => Table::Blocks(stored),
+                    None => Table::F32(table),
+                }
+            }
         };
         // A bf16 table's row norms, if the forward pass noted them.
         let norms = match w {
             Table::Bf16(bits) => notes.and_then(|notes| notes.of(bits.as_ptr(), n, k)),
-            Table::F32(_) => None,
+            Table::F32(_) | Table::Blocks(_) => None,
         };
         let x = dense_constant::<B>(&primitive(x))?;
         let (x, m, kx) = weight_rows(&x)?;
         if kx != k {
             return None;
         }
-        super::screen::rank_rows(x, m, w, norms, n, k, target, top)
+        let ranked = super::screen::rank_rows(x, m, w, norms, n, k, target, top);
+        if let (Some(_), Table::Blocks(stored)) = (&ranked, w) {
+            stored.note_read();
+        }
+        ranked
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, weight, target, top, notes);
+        let _ = (x, weight, target, top, notes, stored);
         None
     }
 }

@@ -60,6 +60,8 @@ use std::sync::Arc;
 
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::load::StoredBlocks;
+
 pub use head_norms::HeadNorms;
 pub use head_parts::HeadParts;
 
@@ -233,7 +235,10 @@ pub struct Ranked {
 /// without writing the `m × n` product. On flex with a CPU that has AVX-512 BF16, for an f32
 /// `x` and an f32 or bf16 weight (a bf16 screen, exact values where it cannot decide); `None`
 /// elsewhere (nothing read back). The norms of a bf16 weight's rows come from `notes` where a
-/// forward pass noted them ([`try_linear_noting`]), else from the screen's own pass.
+/// forward pass noted them ([`try_linear_noting`]), else from the screen's own pass. An f32
+/// weight decoded from `stored` (a GGUF file's blocks) is read as stored, a fifth of the
+/// bytes for Q6_K, and decoded a block of rows at a time; `stored` is taken only if its
+/// shape is the weight's and its first row and the target's decode to the weight's bits.
 ///
 /// # Shapes
 /// - `x`: `[m, k]`, `weight`: `[n, k]`
@@ -243,14 +248,24 @@ pub fn rank_rows<B: Backend>(
     target: usize,
     top: usize,
     notes: Option<&HeadNorms>,
+    stored: Option<&StoredBlocks>,
 ) -> Option<Vec<Ranked>> {
     #[cfg(feature = "flex")]
-    return flex::rank_rows(x, weight, target, top, notes);
+    return flex::rank_rows(x, weight, target, top, notes, stored);
     #[allow(unreachable_code)]
     {
-        let _ = (x, weight, target, top, notes);
+        let _ = (x, weight, target, top, notes, stored);
         None
     }
+}
+
+/// Whether [`rank_rows`] can read a weight as its file stores it ([`StoredBlocks`]) on
+/// backend `B`: worth keeping the stored bytes for.
+pub fn reads_stored_blocks<B: Backend>() -> bool {
+    #[cfg(all(feature = "flex", target_arch = "x86_64"))]
+    return crate::flex_ops::recognised::<B>() && screen::available();
+    #[allow(unreachable_code)]
+    false
 }
 
 /// Each attention head's contribution through o_proj, weighted by the gradient there and

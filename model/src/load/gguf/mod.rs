@@ -38,10 +38,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
 // Named by the documentation above and used by the tests.
+use super::StoredBlocks;
 #[cfg(any(test, doc))]
 use super::WeightSource;
 #[cfg(any(test, doc))]
@@ -121,10 +123,17 @@ impl Data {
     }
 }
 
+impl AsRef<[u8]> for Data {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 /// A parsed GGUF file: metadata and tensor table, with the data memory-mapped.
 pub struct GgufFile {
     path: PathBuf,
-    data: Data,
+    /// Shared with the tensors kept as stored ([`Self::stored_blocks`]).
+    data: Arc<Data>,
     version: u32,
     alignment: u64,
     data_start: u64,
@@ -176,7 +185,7 @@ impl GgufFile {
         match Header::parse(data.bytes()) {
             Ok(h) => Ok(Self {
                 path,
-                data,
+                data: Arc::new(data),
                 version: h.version,
                 alignment: h.alignment,
                 data_start: h.data_start,
@@ -358,6 +367,24 @@ impl GgufFile {
     fn bytes_of(&self, info: &GgufTensorInfo) -> &[u8] {
         // In range: checked against the file's length when it was opened.
         &self.data.bytes()[info.start..info.start + info.n_bytes]
+    }
+
+    /// A 2-D tensor as stored, sharing this file's memory, with the block decoder
+    /// [`Self::dequantize`] uses for it; `None` for other tensors and types, or without the
+    /// AVX2 decoders (only the lens's screen reads these, and it needs more than AVX2).
+    pub fn stored_blocks(&self, name: &str) -> Option<StoredBlocks> {
+        let info = self.tensor(name)?;
+        #[cfg(target_arch = "x86_64")]
+        let decode = avx2_blocks::decoder(info.ggml_type)?;
+        #[cfg(not(target_arch = "x86_64"))]
+        let decode: super::BlockDecoder = return None;
+        let [rows, cols] = info.shape()[..] else {
+            return None;
+        };
+        let block = (info.ggml_type.type_size(), info.ggml_type.block_size());
+        let data: Arc<dyn AsRef<[u8]> + Send + Sync> = self.data.clone();
+        let range = info.start..info.start + info.n_bytes;
+        StoredBlocks::new(data, range, [rows, cols], block, decode)
     }
 
     /// A tensor's values as f32, row-major in its PyTorch shape, bit-exact with gguf-py's

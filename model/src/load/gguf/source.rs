@@ -7,7 +7,7 @@ use std::path::Path;
 use super::GgufFile;
 use crate::config::Qwen2Config;
 use crate::error::ModelError;
-use crate::load::WeightSource;
+use crate::load::{StoredBlocks, WeightSource};
 
 /// The Hugging Face name of a llama.cpp tensor name (`blk.3.attn_q.weight` →
 /// `model.layers.3.self_attn.q_proj.weight`). Names that are not Qwen2 weights come back
@@ -103,6 +103,11 @@ impl WeightSource for GgufSource {
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
         self.file.dequantize(&self.file.tensors[i].name)
+    }
+
+    fn read_blocks(&self, name: &str) -> Option<StoredBlocks> {
+        let &i = self.names.get(name)?;
+        self.file.stored_blocks(&self.file.tensors[i].name)
     }
 }
 

@@ -129,6 +129,50 @@ fn large_tensors_decode_in_parallel_runs_bit_for_bit() {
 }
 
 #[test]
+fn tensors_kept_as_stored_decode_to_gguf_py_bit_for_bit() {
+    // Where AVX2 decodes a block type, its 2-D tensors are kept as stored, sharing the
+    // file's bytes, and each row decodes to gguf-py's values; other types and 1-D or 3-D
+    // tensors are not kept.
+    let file = GgufFile::open(fixture("quant-samples.gguf")).unwrap();
+    let text = std::fs::read_to_string(fixture("quant-samples.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let avx2 = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2");
+    let mut kept = Vec::new();
+    for t in json["tensors"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let info = file.tensor(name).unwrap();
+        let decodable = matches!(
+            info.ggml_type(),
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q5_0 | GgmlType::Q8_0
+        );
+        let Some(stored) = file.stored_blocks(name) else {
+            assert!(
+                !(avx2 && decodable && info.shape().len() == 2),
+                "{name} not kept"
+            );
+            continue;
+        };
+        assert!(avx2 && decodable, "{name} kept");
+        assert_eq!(stored.shape().to_vec(), info.shape());
+        assert_eq!(stored.bytes(), file.tensor_bytes(name).unwrap());
+        let bits: Vec<u32> = numbers(&t["bits"]).iter().map(|&v| v as u32).collect();
+        let [rows, cols] = stored.shape();
+        let mut row = vec![f32::NAN; cols];
+        for j in 0..rows {
+            stored.decode_row(j, &mut row);
+            for (i, v) in row.iter().enumerate() {
+                assert_eq!(v.to_bits(), bits[j * cols + i], "{name} row {j} value {i}");
+            }
+        }
+        kept.push(name.to_string());
+    }
+    if avx2 {
+        assert_eq!(kept, ["q8_0", "q5_0", "q4_k", "q5_k", "q6_k"]);
+    }
+    assert!(file.stored_blocks("no such tensor").is_none());
+}
+
+#[test]
 fn metadata_of_every_value_type() {
     let file = GgufFile::open(fixture("quant-samples.gguf")).unwrap();
     assert_eq!(file.version(), 3);

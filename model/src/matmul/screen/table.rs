@@ -5,6 +5,7 @@ use std::arch::x86_64::*;
 
 use super::super::avx2;
 use super::CHUNK;
+use crate::load::StoredBlocks;
 
 /// The rows of `W` (`n × k`, row-major) the screen reads.
 #[derive(Debug, Clone, Copy)]
@@ -13,14 +14,27 @@ pub enum Table<'a> {
     F32(&'a [f32]),
     /// bf16 values (their bits), screened as they are and widened for the exact values.
     Bf16(&'a [u16]),
+    /// Rows stored in blocks of a quantized format, decoded to f32 a block of rows at a time
+    /// and then read as [`Table::F32`]'s are.
+    Blocks(&'a StoredBlocks),
 }
 
 impl<'a> Table<'a> {
-    /// Values held.
-    pub(super) fn len(self) -> usize {
+    /// Rows of `k` values held (`None` for blocks whose rows are not `k` long).
+    pub(super) fn rows(self, k: usize) -> Option<usize> {
         match self {
-            Self::F32(w) => w.len(),
-            Self::Bf16(w) => w.len(),
+            Self::F32(w) => Some(w.len() / k),
+            Self::Bf16(w) => Some(w.len() / k),
+            Self::Blocks(b) => (b.shape()[1] == k).then_some(b.shape()[0]),
+        }
+    }
+
+    /// Bytes per row of `k` values.
+    pub(super) fn row_bytes(self, k: usize) -> usize {
+        match self {
+            Self::F32(_) => 4 * k,
+            Self::Bf16(_) => 2 * k,
+            Self::Blocks(b) => k / b.block().1 * b.block().0,
         }
     }
 
@@ -29,23 +43,17 @@ impl<'a> Table<'a> {
         match self {
             Self::F32(w) => w[j * k..].as_ptr() as *const u8,
             Self::Bf16(w) => w[j * k..].as_ptr() as *const u8,
-        }
-    }
-
-    /// Bytes per value.
-    pub(super) fn width(self) -> usize {
-        match self {
-            Self::F32(_) => 4,
-            Self::Bf16(_) => 2,
+            Self::Blocks(b) => b.bytes()[j * self.row_bytes(k)..].as_ptr(),
         }
     }
 
     /// `y[i] = x · w[js[i]]` for a row `x` of `k` floats, each as [`avx2::x_wt`] sums it (the
-    /// model's one-row head); four rows of the table share each read of `x`.
+    /// model's one-row head); four rows of the table share each read of `x`. A
+    /// [`Table::Blocks`] is read by its decoded rows ([`Table::F32`] of them) instead.
     ///
     /// # Safety
     /// AVX2, FMA and F16C are present; `x` holds `k` floats, the rows `js` exist; `y` is as
-    /// long as `js`.
+    /// long as `js`; the table is not [`Table::Blocks`].
     pub(super) unsafe fn dots_rows(self, x: *const f32, js: &[u32], k: usize, y: &mut [f32]) {
         for (js, y) in js.chunks(4).zip(y.chunks_mut(4)) {
             match self {
@@ -57,6 +65,7 @@ impl<'a> Table<'a> {
                     let ws = js.map_rows(|j| w[j * k..].as_ptr() as *const half::bf16);
                     avx2::dots_rows(x, &ws[..js.len()], k, y)
                 }
+                Self::Blocks(_) => unreachable!("blocks are read by their decoded rows"),
             }
         }
     }
@@ -64,11 +73,14 @@ impl<'a> Table<'a> {
     /// Rows `j0 .. j0 + rows` in bf16, zero rows after them to fill `dst`'s length, with each
     /// row's `‖w‖` and `‖w − ŵ‖`: where the products read them (a whole block of a bf16
     /// table in place, else `dst`). A bf16 table's `‖w‖` are copied from `given` where known
-    /// (an upper bound as [`bf16_norms`] gives), else taken from the rows.
+    /// (an upper bound as [`bf16_norms`] gives), else taken from the rows. Blocks are decoded
+    /// into `decoded` first (which the exact values then read).
     ///
     /// # Safety
     /// AVX-512 F and BF16 are present; the rows exist, `dst` holds at least `rows × k` halves
-    /// and the norms (and `given`, if any) `rows` floats each; `k` is a multiple of 32.
+    /// and the norms (and `given`, if any) `rows` floats each; `k` is a multiple of 32; for
+    /// blocks, `decoded` holds `rows × k` floats.
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn screen_rows(
         self,
         j0: usize,
@@ -77,8 +89,16 @@ impl<'a> Table<'a> {
         dst: &mut [u16],
         norms: (&mut [f32], &mut [f32]),
         given: Option<&[f32]>,
+        decoded: &mut [f32],
     ) -> *const u16 {
         let at = match self {
+            Self::Blocks(b) => {
+                for (i, row) in decoded[..rows * k].chunks_exact_mut(k).enumerate() {
+                    b.decode_row(j0 + i, row);
+                }
+                convert_rows(decoded.as_ptr(), rows, k, dst.as_mut_ptr(), Some(norms));
+                dst.as_ptr()
+            }
             Self::F32(w) => {
                 convert_rows(w[j0 * k..].as_ptr(), rows, k, dst.as_mut_ptr(), Some(norms));
                 dst.as_ptr()

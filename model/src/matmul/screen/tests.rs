@@ -3,6 +3,7 @@
 use super::classify::from_ordered;
 use super::table::{bf16_norms, convert_rows};
 use super::*;
+use crate::load::StoredBlocks;
 
 /// Every row's rank and top entries by brute force, with the same exact entries.
 fn brute(
@@ -72,7 +73,7 @@ fn check_table(x: &[f32], m: usize, w: Table, n: usize, k: usize, target: usize)
     let expected = brute(x, m, w, n, k, target);
     let notes = match w {
         Table::Bf16(bits) => Some((noted_norms(bits, n, k), bits)),
-        Table::F32(_) => None,
+        Table::F32(_) | Table::Blocks(_) => None,
     };
     let noted = notes
         .as_ref()
@@ -316,5 +317,44 @@ fn outliers_in_shared_columns_stay_within_the_bound() {
     }
     for target in [1, 1000, 1999] {
         check(&x, m, &w, n, k, target);
+    }
+}
+
+#[test]
+fn a_table_of_blocks_is_screened_as_its_decoded_values() {
+    if !available() {
+        return;
+    }
+    // Q8_0 rows (an f16 scale and 32 signed bytes per block), more than a block of rows per
+    // task and a last block part full: decoded a block of rows at a time, the exact values
+    // read from the decoded rows, and the results those of brute force over the values.
+    let (m, n, k) = (6, 3000, 64);
+    let scales = noise(11, n * k / 32);
+    let values = noise(12, n * k);
+    let mut bytes = Vec::new();
+    for (b, &scale) in scales.iter().enumerate() {
+        let d = half::f16::from_f32(0.001 + 0.01 * scale.abs());
+        bytes.extend(d.to_le_bytes());
+        bytes.extend(
+            values[b * 32..][..32]
+                .iter()
+                .map(|v| (v * 127.0) as i8 as u8),
+        );
+    }
+    let owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync> = std::sync::Arc::new(bytes);
+    let range = 0..owner.as_ref().as_ref().len();
+    let decode: crate::load::BlockDecoder = rlx_gguf::dequant_q8_0_block;
+    let stored = StoredBlocks::new(owner, range, [n, k], (34, 32), decode).expect("whole rows");
+    let mut w = vec![0f32; n * k];
+    for (j, row) in w.chunks_exact_mut(k).enumerate() {
+        stored.decode_row(j, row);
+    }
+    let x: Vec<f32> = noise(13, m * k).iter().map(|v| v * 2.0).collect();
+    for target in [0, 1777, n - 1] {
+        check_table(&x, m, Table::Blocks(&stored), n, k, target);
+        // The same results as the decoded values' table gives.
+        let table = rank_rows(&x, m, Table::F32(&w), None, n, k, target, 5);
+        let blocks = rank_rows(&x, m, Table::Blocks(&stored), None, n, k, target, 5);
+        assert_eq!(blocks, table, "target {target}");
     }
 }
