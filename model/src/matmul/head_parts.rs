@@ -15,7 +15,7 @@ use std::sync::Mutex;
 /// The contributions of one attention layer's heads through its o_proj, asked for before a
 /// forward pass ([`HeadParts::ask`]), noted by o_proj's product where its kernel splits the
 /// sums by head (flex on x86-64 with AVX-512, a few tokens), and read by the head scores
-/// ([`HeadParts::squares`]), which compute them anew where none fit.
+/// (`HeadParts::squares`), which compute them anew where none fit.
 #[derive(Debug)]
 pub struct HeadParts {
     /// Heads side by side in o_proj's input.
