@@ -89,20 +89,20 @@ impl StoredBlocks {
         self.shape
     }
 
-    /// Bytes and values per block.
-    pub fn block(&self) -> (usize, usize) {
-        (self.block_bytes, self.block_values)
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.shape[1] / self.block_values * self.block_bytes
     }
 
-    /// The block decoder.
-    pub fn decoder(&self) -> BlockDecoder {
-        self.decode
-    }
-
-    /// Row `j`'s values, decoded into `out` (one row long).
+    /// Row `j`'s values, decoded into `out` (at least one row long).
     pub fn decode_row(&self, j: usize, out: &mut [f32]) {
-        let row_bytes = self.shape[1] / self.block_values * self.block_bytes;
-        let bytes = &self.bytes()[j * row_bytes..][..row_bytes];
+        self.decode_rows(j, 1, out)
+    }
+
+    /// Rows `j0 .. j0 + rows`, decoded into the start of `out` (at least `rows` rows long).
+    pub fn decode_rows(&self, j0: usize, rows: usize, out: &mut [f32]) {
+        let bytes = &self.bytes()[j0 * self.row_bytes()..][..rows * self.row_bytes()];
+        let out = &mut out[..rows * self.shape[1]];
         for (b, o) in bytes
             .chunks_exact(self.block_bytes)
             .zip(out.chunks_exact_mut(self.block_values))

@@ -34,7 +34,7 @@ impl<'a> Table<'a> {
         match self {
             Self::F32(_) => 4 * k,
             Self::Bf16(_) => 2 * k,
-            Self::Blocks(b) => k / b.block().1 * b.block().0,
+            Self::Blocks(b) => b.row_bytes(),
         }
     }
 
@@ -93,9 +93,7 @@ impl<'a> Table<'a> {
     ) -> *const u16 {
         let at = match self {
             Self::Blocks(b) => {
-                for (i, row) in decoded[..rows * k].chunks_exact_mut(k).enumerate() {
-                    b.decode_row(j0 + i, row);
-                }
+                b.decode_rows(j0, rows, decoded);
                 convert_rows(decoded.as_ptr(), rows, k, dst.as_mut_ptr(), Some(norms));
                 dst.as_ptr()
             }
