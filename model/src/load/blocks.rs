@@ -94,15 +94,10 @@ impl StoredBlocks {
         self.shape[1] / self.block_values * self.block_bytes
     }
 
-    /// Row `j`'s values, decoded into `out` (at least one row long).
+    /// Row `j`'s values, decoded into the start of `out` (at least one row long).
     pub fn decode_row(&self, j: usize, out: &mut [f32]) {
-        self.decode_rows(j, 1, out)
-    }
-
-    /// Rows `j0 .. j0 + rows`, decoded into the start of `out` (at least `rows` rows long).
-    pub fn decode_rows(&self, j0: usize, rows: usize, out: &mut [f32]) {
-        let bytes = &self.bytes()[j0 * self.row_bytes()..][..rows * self.row_bytes()];
-        let out = &mut out[..rows * self.shape[1]];
+        let bytes = &self.bytes()[j * self.row_bytes()..][..self.row_bytes()];
+        let out = &mut out[..self.shape[1]];
         for (b, o) in bytes
             .chunks_exact(self.block_bytes)
             .zip(out.chunks_exact_mut(self.block_values))

@@ -263,10 +263,11 @@ unsafe fn q6_k_wide(block: &[u8; Q6_K_BYTES], out: &mut [f32; QK_K]) {
             _mm512_sub_epi8(second, bias),
         );
         for g in 0..8 {
-            // Values `16g .. 16g + 16` of the half: quarter `g / 2`, from `l = 16 (g % 2)`.
+            // Values `16g .. 16g + 16` of the half: quarter `g / 2`, from `l = 16 (g % 2)`,
+            // whose scale is the half's `l / 16 + 2 · (g / 2) = g`-th.
             let values = _mm_loadu_si128(q[16 * g..].as_ptr() as *const __m128i);
             let values = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(values));
-            let scale = _mm512_set1_ps(scales[8 * half + g % 2 + 2 * (g / 2)]);
+            let scale = _mm512_set1_ps(scales[8 * half + g]);
             // SAFETY: value `128·half + 16·g + 15` < 256.
             let at = out.as_mut_ptr().add(128 * half + 16 * g);
             _mm512_storeu_ps(at, _mm512_mul_ps(scale, values));

@@ -27,13 +27,13 @@
 //! A head stored in bf16 (a hub checkpoint read in place) is screened as it is: `δw = 0`, so
 //! the bound narrows, the table streams half the bytes, and the exact values widen its rows.
 //! A head decoded from a GGUF file's blocks is read as the file stores them ([`Table::Blocks`]:
-//! Q6_K in a Q4_K_M file, 210 bytes per 256 values instead of 1,024) and decoded a block of
-//! rows at a time into a buffer that stays in L2, which the conversion and the exact values
-//! then read: the same values as the decoded table, so the same results, with a fifth of the
-//! bytes from memory. On the 1.5B model's Q4_K_M file this took the lens from 0.078–0.084 s
-//! to 0.066–0.074 s (7 tokens, alternating runs); the f32 table's stream had stalled a third
-//! of the lens's time (its prefetches waiting on memory), the decoding now takes about a
-//! seventh.
+//! Q6_K in a Q4_K_M file, 210 bytes per 256 values instead of 1,024) and decoded row by row
+//! into a buffer of a group's rows that stays in L2, each row converted while it is in L1,
+//! the exact values read from the buffer: the same values as the decoded table, so the same
+//! results, with a fifth of the bytes from memory. On the 1.5B model's Q4_K_M file this took
+//! the lens from 0.078–0.084 s to 0.066–0.074 s (7 tokens, alternating runs); the f32
+//! table's stream had stalled a third of the lens's time (its prefetches waiting on memory),
+//! the decoding now takes about a seventh.
 //!
 //! Most undecided entries come from a few rows of `x` (the early layers' residual stream,
 //! where the target sits among tens of thousands of close entries), and their bound is mostly

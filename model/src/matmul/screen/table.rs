@@ -14,8 +14,8 @@ pub enum Table<'a> {
     F32(&'a [f32]),
     /// bf16 values (their bits), screened as they are and widened for the exact values.
     Bf16(&'a [u16]),
-    /// Rows stored in blocks of a quantized format, decoded to f32 a block of rows at a time
-    /// and then read as [`Table::F32`]'s are.
+    /// Rows stored in blocks of a quantized format, decoded to f32 row by row into a buffer
+    /// of the block's rows, which is then read as a [`Table::F32`] is.
     Blocks(&'a StoredBlocks),
 }
 
@@ -74,7 +74,8 @@ impl<'a> Table<'a> {
     /// row's `‖w‖` and `‖w − ŵ‖`: where the products read them (a whole block of a bf16
     /// table in place, else `dst`). A bf16 table's `‖w‖` are copied from `given` where known
     /// (an upper bound as [`bf16_norms`] gives), else taken from the rows. Blocks are decoded
-    /// into `decoded` first (which the exact values then read).
+    /// into `decoded` row by row, each row converted as soon as it is decoded (the exact values
+    /// then read `decoded`).
     ///
     /// # Safety
     /// AVX-512 F and BF16 are present; the rows exist, `dst` holds at least `rows × k` halves
@@ -100,7 +101,7 @@ impl<'a> Table<'a> {
                 let (wn, dn) = norms;
                 for r in 0..rows {
                     let row = &mut decoded[r * k..][..k];
-                    b.decode_rows(j0 + r, 1, row);
+                    b.decode_row(j0 + r, row);
                     let norms = (&mut wn[r..r + 1], &mut dn[r..r + 1]);
                     convert_rows(row.as_ptr(), 1, k, dst[r * k..].as_mut_ptr(), Some(norms));
                 }
