@@ -105,4 +105,22 @@ impl StoredBlocks {
             (self.decode)(b, o);
         }
     }
+
+    /// Whether these blocks hold an `n × k` table whose rows `rows` decode to `table`'s
+    /// bits (`table` row-major, `n × k`): the check that they are the weight a model was
+    /// loaded with, on the rows a reader is about to rely on.
+    pub fn decodes_to(&self, table: &[f32], [n, k]: [usize; 2], rows: &[usize]) -> bool {
+        let mut row = vec![0f32; k];
+        self.shape == [n, k]
+            && table.len() >= n * k
+            && rows.iter().all(|&j| {
+                j < n && {
+                    self.decode_row(j, &mut row);
+                    let want = &table[j * k..][..k];
+                    row.iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                }
+            })
+    }
 }

@@ -90,22 +90,6 @@ fn run_linear<B: Backend, Op: FlexOp<1>>(
     }
 }
 
-/// Whether `stored` holds an `n × k` table whose first row and row `target` decode to
-/// `table`'s bits: the weight the model was loaded with from those very blocks.
-#[cfg(target_arch = "x86_64")]
-fn decodes_to(stored: &StoredBlocks, table: &[f32], n: usize, k: usize, target: usize) -> bool {
-    let mut row = vec![0f32; k];
-    stored.shape() == [n, k]
-        && target < n
-        && [0, target].iter().all(|&j| {
-            stored.decode_row(j, &mut row);
-            let want = &table[j * k..][..k];
-            row.iter()
-                .zip(want)
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-        })
-}
-
 /// See [`super::rank_rows`].
 pub(super) fn rank_rows<B: Backend>(
     x: Tensor<B, 2>,
@@ -132,7 +116,9 @@ pub(super) fn rank_rows<B: Backend>(
             DType::BF16 => Table::Bf16(super::flex_half::bits(&weight)),
             _ => {
                 let table = elems(&weight);
-                match stored.filter(|s| decodes_to(s, table, n, k, target)) {
+                // Taken only as the weight the model was loaded with: its first row and the
+                // target's decode to the table's bits.
+                match stored.filter(|s| s.decodes_to(table, [n, k], &[0, target])) {
                     Some(stored) => Table::Blocks(stored),
                     None => Table::F32(table),
                 }

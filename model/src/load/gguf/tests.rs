@@ -164,6 +164,26 @@ fn tensors_kept_as_stored_decode_to_gguf_py_bit_for_bit() {
                 assert_eq!(v.to_bits(), bits[j * cols + i], "{name} row {j} value {i}");
             }
         }
+        // The check a reader makes before taking them for a loaded weight: the rows asked
+        // about decode to the table's bits, and a changed value or another shape fails it.
+        let mut table: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        let all: Vec<usize> = (0..rows).collect();
+        assert!(stored.decodes_to(&table, [rows, cols], &all), "{name}");
+        assert!(!stored.decodes_to(&table, [cols, rows], &[0]) || rows == cols);
+        assert!(
+            !stored.decodes_to(&table, [rows, cols], &[rows]),
+            "{name}: past the rows"
+        );
+        let last = (rows - 1) * cols;
+        table[last] = f32::from_bits(table[last].to_bits() ^ 1);
+        assert!(
+            !stored.decodes_to(&table, [rows, cols], &[rows - 1]),
+            "{name}"
+        );
+        assert!(
+            stored.decodes_to(&table, [rows, cols], &all[..rows - 1]),
+            "{name}"
+        );
         kept.push(name.to_string());
     }
     if avx2 {

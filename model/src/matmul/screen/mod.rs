@@ -260,7 +260,7 @@ fn rank_rows_by(
     let blocks_table = matches!(w, Table::Blocks(_));
     let engine = plan.engine;
     let padded = m.next_multiple_of(engine.x_rows());
-    let targets: Vec<f32> = (0..m).map(|r| exact(x, w, k, r, target)).collect();
+    let targets = exact_column(x, 0..m, w, k, target);
     let block = engine.block();
     // Per row, the highest `top`-th lower bound any task has found: a bar for all of them.
     let bars: Vec<AtomicU32> = (0..m)
@@ -456,20 +456,30 @@ fn rank_rows_by(
 
 /// The f32 entry `x[r] · w[j]`, as the model's one-row head computes it.
 fn exact(x: &[f32], w: Table, k: usize, r: usize, j: usize) -> f32 {
-    let mut y = [0f32];
-    let mut row = Vec::new();
+    exact_column(x, r..r + 1, w, k, j)[0]
+}
+
+/// The f32 entries `x[r] · w[j]` of the rows `rows` of `x` at column `j`, as the model's
+/// one-row head computes them; a blocks table's row `j` decoded once for all of them.
+fn exact_column(x: &[f32], rows: std::ops::Range<usize>, w: Table, k: usize, j: usize) -> Vec<f32> {
+    let mut decoded = Vec::new();
     let (w, j) = match w {
         Table::Blocks(b) => {
-            row.resize(k, 0.0);
-            b.decode_row(j, &mut row);
-            (Table::F32(&row), 0)
+            decoded.resize(k, 0.0);
+            b.decode_row(j, &mut decoded);
+            (Table::F32(&decoded), 0)
         }
         w => (w, j),
     };
-    // SAFETY: `available()` was checked by the caller (it implies AVX2, FMA and F16C); row
-    // `r` of `x` holds `k` floats and row `j` of `w` exists (not blocks: decoded above).
-    unsafe { w.dots_rows(x[r * k..][..k].as_ptr(), &[j as u32], k, &mut y) };
-    y[0]
+    rows.map(|r| {
+        let mut y = [0f32];
+        // SAFETY: `available()` was checked by the caller (it implies AVX2, FMA and F16C);
+        // row `r` of `x` holds `k` floats and row `j` of `w` exists (not blocks: decoded
+        // above).
+        unsafe { w.dots_rows(x[r * k..][..k].as_ptr(), &[j as u32], k, &mut y) };
+        y[0]
+    })
+    .collect()
 }
 
 /// [`amx::product`]'s four tiles for rows `r0 .. r0 + 32` of `x` into `screened` (row-major
