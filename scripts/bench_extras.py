@@ -9,9 +9,11 @@ MODEL is a model folder or a .gguf file, as for scripts/bench.py. For each promp
 run alternates attrib `--nodes-only`, attrib's default output (edges and heads), attrib
 `--lens`, and PyTorch (`scripts/bench_torch.py --extras`: the same pass with the same taps,
 then the edges, the heads and the lens, each timed on its own), `--reps` times each, every
-measurement in a fresh process after one untimed warm-up of each. attrib's extras are read
-from its scores phase, where they run (its forward and backward passes are the same in every
-mode, so their run-to-run noise is left out). PyTorch runs in float32 (or `--torch-dtype`).
+measurement in a fresh process after one untimed warm-up of each. attrib's edges and heads
+are read from its scores phase, where they run (its forward and backward passes are the same
+in every mode, so their run-to-run noise is left out); its lens, which runs beside the
+backward pass, by what it adds to the whole attribution (forward, backward and scores) over
+the default output's. PyTorch runs in float32 (or `--torch-dtype`).
 
 It prints the medians: each system's node-only attribution (forward, backward and node
 scores), the seconds the edges and heads and then the lens add, each system's extras as a
@@ -33,6 +35,7 @@ def attrib_run(binary, model, prompt, mode, threads):
     r, _, _ = attrib_json(binary, model, prompt, threads, MODES[mode])
     t = r["timings"]
     return {"pass": t["forward_s"] + t["backward_s"], "scores": t["scores_s"],
+            "total": t["forward_s"] + t["backward_s"] + t["scores_s"],
             "tokens": len(r["input_ids"])}
 
 
@@ -91,7 +94,8 @@ def main():
     for n in lengths:
         scores = {m: med(m, n, "scores") for m in MODES}
         ours = (med("nodes-only", n, "pass") + scores["nodes-only"],
-                scores["default"] - scores["nodes-only"], scores["lens"] - scores["default"])
+                scores["default"] - scores["nodes-only"],
+                med("lens", n, "total") - med("default", n, "total"))
         theirs = (med("pytorch", n, "pass"), med("pytorch", n, "edges_heads"),
                   med("pytorch", n, "lens"))
         for name, (base, edges_heads, lens) in (("attrib", ours), ("PyTorch", theirs)):

@@ -199,6 +199,14 @@ pub struct Timings {
     pub backward_s: f64,
     /// Reducing gradients and activations to scores.
     pub scores_s: f64,
+    /// The logit lens (`--lens`): part of `backward_s` where it ran beside the backward pass
+    /// (`lens_beside_backward`), else part of `scores_s`.
+    #[serde(default)]
+    pub lens_s: f64,
+    /// Whether the lens ran beside the backward pass, on the cores its products leave idle
+    /// (not by layers: `--checkpoint` recomputes the activations it reads in the backward).
+    #[serde(default)]
+    pub lens_beside_backward: bool,
     /// EAP-IG's baseline run and interpolation points (`--ig-steps`).
     #[serde(default)]
     pub ig_s: f64,

@@ -15,6 +15,12 @@ use attrib::progress::Progress;
 use attrib::source;
 
 fn main() -> ExitCode {
+    // This thread is the first of rayon's pool: parallel work started here runs on it too,
+    // and the attribution's backward pass, run here, shares the pool with the logit lens
+    // beside it (`attribution::pass::attribute`).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

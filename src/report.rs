@@ -144,10 +144,20 @@ pub fn timing_line(t: &Timings) -> String {
         "load {:.2} s · tokenize {:.3} s · forward {:.2} s · backward {:.2} s",
         t.load_s, t.tokenize_s, t.forward_s, t.backward_s
     );
+    // The lens's time is part of the phase it ran in.
+    let (with_backward, with_scores) = match (t.lens_s > 0.0, t.lens_beside_backward) {
+        (false, _) => (String::new(), String::new()),
+        (true, true) => (
+            format!(" (lens {:.2} s beside it)", t.lens_s),
+            String::new(),
+        ),
+        (true, false) => (String::new(), format!(" (lens {:.2} s)", t.lens_s)),
+    };
+    line.push_str(&with_backward);
     if t.ig_s > 0.0 {
         let _ = write!(line, " · EAP-IG path {:.2} s", t.ig_s);
     }
-    let _ = write!(line, " · scores {:.2} s", t.scores_s);
+    let _ = write!(line, " · scores {:.2} s{with_scores}", t.scores_s);
     if t.verify_s > 0.0 {
         let _ = write!(line, " · verify {:.2} s", t.verify_s);
     }
@@ -159,6 +169,32 @@ pub fn timing_line(t: &Timings) -> String {
 mod tests {
     use super::*;
     use crate::graph::{Node, NodeKind};
+
+    #[test]
+    fn the_timing_line_puts_the_lens_in_the_phase_it_ran_in() {
+        let mut t = Timings {
+            backward_s: 0.3,
+            scores_s: 0.01,
+            ..Timings::default()
+        };
+        let line = timing_line(&t);
+        assert!(!line.contains("lens"), "{line}");
+        assert!(line.contains("backward 0.30 s · scores 0.01 s"), "{line}");
+        t.lens_s = 0.08;
+        t.lens_beside_backward = true;
+        let line = timing_line(&t);
+        assert!(
+            line.contains("backward 0.30 s (lens 0.08 s beside it) · scores 0.01 s ·"),
+            "{line}"
+        );
+        t.lens_beside_backward = false;
+        t.scores_s = 0.09;
+        let line = timing_line(&t);
+        assert!(
+            line.contains("backward 0.30 s · scores 0.09 s (lens 0.08 s) ·"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn table_is_aligned_with_four_decimals() {

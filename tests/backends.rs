@@ -1,10 +1,11 @@
 //! The attribution equals the reference on every backend compiled into this test binary:
 //! ndarray by default; CI adds `--features flex,wgpu,tch` (wgpu on Mesa's software Vulkan, tch
-//! on CPU libtorch).
+//! on CPU libtorch). As the binary runs it, the logit lens runs beside the backward pass, at
+//! the same time: every backend must take both at once.
 
 mod common;
 
-use attrib::attribution::{attribute, Objective, Request};
+use attrib::attribution::{attribute, Objective, Options, Request};
 use attrib::backends::{compiled, Selection};
 use attrib::progress::Silent;
 use attrib::source::ModelFiles;
@@ -25,11 +26,19 @@ fn attribution_equals_the_reference_on_every_compiled_backend() {
                 config: &config,
                 ids: &case.input_ids,
                 objective: Objective::default(),
-                options: Default::default(),
+                options: Options {
+                    lens: true,
+                    ..Options::default()
+                },
             };
-            let out = attribute(&selection, &request, &mut Silent, &mut |_| {}).unwrap();
+            // In a pool, as the binary runs: the lens beside the backward pass.
+            let out = common::in_a_pool(|| {
+                attribute(&selection, &request, &mut Silent, &mut |_| {}).unwrap()
+            });
             let label = format!("{kind} {:?}", case.prompt);
             assert_eq!(out.predicted_id, case.top5[0].id, "{label}");
+            assert!(out.timings.lens_beside_backward, "{label}");
+            common::check_lens(&label, &out.lens, &case.lens, 5e-5);
             assert!(
                 (out.target_logit - case.top5[0].logit as f64).abs() < 1e-4,
                 "{label}"

@@ -85,6 +85,14 @@ fn layer_by_layer_equals_the_whole_graph() {
             let (whole, layered) = (run(false), run(true));
             assert!(!whole.nodes.is_empty());
             same(&layered, &whole);
+            // As the binary runs (a thread of rayon's pool), the lens runs beside the backward
+            // pass over the whole graph; by layers, or on a thread outside a pool, after it.
+            let pooled = common::in_a_pool(|| run(false));
+            same(&pooled, &whole);
+            let lens = |o: &Outcome| (o.timings.lens_s > 0.0, o.timings.lens_beside_backward);
+            assert_eq!(lens(&pooled), (!nodes_only, !nodes_only), "{name}");
+            assert_eq!(lens(&whole), (!nodes_only, false), "{name}");
+            assert_eq!(lens(&layered), (!nodes_only, false), "{name}");
         }
     }
 }

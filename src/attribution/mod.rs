@@ -3,6 +3,7 @@
 
 pub mod circuit;
 pub mod edges;
+mod extras;
 pub mod heads;
 pub mod ig;
 pub mod lens;
@@ -17,7 +18,7 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use crate::backends::{self, BackendJob, Selection};
 use crate::graph::Timings;
@@ -292,7 +293,28 @@ pub fn attribute_loaded_with<B: Backend>(
         None
     };
     let checkpoint = options.checkpoint.unwrap_or(seq > CHECKPOINT_ABOVE);
-    let pass = pass::attribute(model, ids, objective, tap, checkpoint, on_event)?;
+    // The lens, and how long it took.
+    let timed_lens = |nodes: &[(Site, &[f32])], target_id: u32, logits: &[f32]| {
+        let started = Instant::now();
+        let lens = lens::logit_lens(model, nodes, position, seq, target_id, logits);
+        (lens, started.elapsed().as_secs_f64())
+    };
+    // The lens needs only the forward pass: it runs beside the backward where it can.
+    let lens_beside = |f: pass::Forwarded<'_>| {
+        let nodes: Vec<(Site, &[f32])> = f.nodes.iter().map(|(s, a)| (*s, &a[..])).collect();
+        timed_lens(&nodes, f.target_id, f.logits)
+    };
+    let lens_wanted = options.lens && !options.nodes_only;
+    let (pass, lens_early) = pass::attribute(
+        model,
+        ids,
+        objective,
+        tap,
+        checkpoint,
+        on_event,
+        lens_wanted.then_some(&lens_beside as _),
+    )?;
+    let lens_beside_backward = lens_early.is_some();
     let Pass {
         logits: host,
         predicted_id,
@@ -391,60 +413,39 @@ pub fn attribute_loaded_with<B: Backend>(
         }
     };
     // Everything beyond the node scores (none of it with `nodes_only`).
+    let mut lens_s = 0.0;
     let (edges, heads, head_edges, lens) = if options.nodes_only {
         Default::default()
     } else {
-        let edges = edges::residual_edges(&node_data, |s| gradients[&s].as_slice(), seq);
-
-        let mut heads = Vec::new();
-        for (layer, block) in model.model.layers.iter().enumerate() {
-            heads.extend(
-                heads::layer_heads(
-                    layer,
-                    c.num_attention_heads,
-                    head_activation(layer),
-                    grad_tensors[&Site::HeadOut(layer)].clone(),
-                    (
-                        block.self_attn.o_proj.weight.val().inner(),
-                        Some(block.self_attn.head_parts()),
-                    ),
-                    grad_tensors[&Site::AttnOut(layer)].clone(),
-                )
-                .map_err(ModelError::Source)?,
-            );
-        }
-
-        let mut head_edges = Vec::new();
-        if options.head_edges {
-            for (layer, block) in model.model.layers.iter().enumerate() {
-                // Every node after this layer's attention reads what its heads wrote.
-                let downstream: Vec<(String, Tensor<B, 3>)> = node_sites
+        // Where the lens did not run beside the backward (by layers, or on a thread outside
+        // rayon's pool), it runs beside the edges and heads, which leave a core idle most of
+        // their time.
+        let lens = || match lens_early {
+            Some(done) => done,
+            None if options.lens => {
+                let clean: Vec<(Site, &[f32])> = node_sites
                     .iter()
-                    .skip_while(|s| **s != Site::AttnOut(layer))
-                    .skip(1)
-                    .filter_map(|s| edges::input_site(*s).map(|input| (s.to_string(), input)))
-                    .chain(std::iter::once((LOGITS.to_string(), Site::FinalIn)))
-                    .map(|(id, input)| (id, grad_tensors[&input].clone()))
+                    .map(|s| (*s, activations[s].as_slice()))
                     .collect();
-                let z = head_activation(layer);
-                let o_proj = o_proj_for_heads(block, z.dtype());
-                head_edges.extend(
-                    heads::layer_head_edges(layer, c.num_attention_heads, z, o_proj, &downstream)
-                        .map_err(ModelError::Source)?,
-                );
+                timed_lens(&clean, target_id, &host)
             }
-        }
-
-        let lens = if options.lens {
-            let clean: Vec<(Site, &[f32])> = node_sites
-                .iter()
-                .map(|s| (*s, activations[s].as_slice()))
-                .collect();
-            lens::logit_lens(model, &clean, position, seq, target_id, &host)?
-        } else {
-            Vec::new()
+            None => (Ok(Vec::new()), 0.0),
         };
-        (edges, heads, head_edges, lens)
+        let others = || {
+            extras::edges_and_heads(
+                model,
+                &node_sites,
+                &node_data,
+                (&gradients, &grad_tensors),
+                &head_activation,
+                options.head_edges,
+                seq,
+            )
+        };
+        let ((lens, seconds), others) = rayon::join(lens, others);
+        let (edges, heads, head_edges) = others?;
+        lens_s = seconds;
+        (edges, heads, head_edges, lens?)
     };
     scores_s += started.elapsed().as_secs_f64();
 
@@ -534,6 +535,8 @@ pub fn attribute_loaded_with<B: Backend>(
             scores_s,
             ig_s,
             verify_s,
+            lens_s,
+            lens_beside_backward,
             ..Timings::default()
         },
     })
@@ -571,14 +574,4 @@ pub(crate) fn to_vec<B: Backend, const D: usize>(
         .convert::<f32>()
         .into_vec::<f32>()
         .map_err(|e| ModelError::Source(format!("cannot read a tensor back: {e:?}")))
-}
-
-/// A layer's o_proj weight for the head→node edges, in the activations' precision `dtype` (the
-/// model may keep its linear weights in bf16 while it computes in f32, see
-/// `qwen2_burn::matmul`).
-fn o_proj_for_heads<B: Backend>(
-    block: &crate::model::block::DecoderLayer<Autodiff<B>>,
-    dtype: DType,
-) -> Tensor<B, 2> {
-    crate::model::matmul::weight_as(block.self_attn.o_proj.weight.val().inner(), dtype)
 }

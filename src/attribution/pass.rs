@@ -15,7 +15,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
-use super::{target, to_vec, Event, Objective, Taps};
+use super::{is_node, target, to_vec, Event, Objective, Taps};
 use crate::model::{ModelError, NoProbe, Probe, Qwen2ForCausalLM, Site};
 use crate::predict::ids_tensor;
 
@@ -45,6 +45,18 @@ pub struct Pass<B: Backend> {
     pub forward_s: f64,
     /// Seconds of the backward pass (by layers: with the layers' second forward).
     pub backward_s: f64,
+}
+
+/// What the forward pass gives work that needs nothing of the backward pass (the logit lens),
+/// which [`attribute`] runs beside the backward pass.
+pub struct Forwarded<'a> {
+    /// The token the objective scores.
+    pub target_id: u32,
+    /// The logits at the objective's position.
+    pub logits: &'a [f32],
+    /// Each node site's activation ([`is_node`]; `[seq, width]`, row-major), in the order
+    /// the forward visited them.
+    pub nodes: &'a [(Site, Vec<f32>)],
 }
 
 /// The taps for the sites `tap` selects (all when `None`).
@@ -113,14 +125,24 @@ fn collect<B: Backend>(
 
 /// One forward and one backward of the objective: over the whole model, or `by_layers` (see
 /// the module docs).
-pub fn attribute<B: Backend>(
+///
+/// `beside`, if given, runs on what the forward pass gives ([`Forwarded`]) while the backward
+/// pass runs, in rayon's pool with it (`rayon::join`): the backward leaves the cores idle
+/// between its products, and work that waits for nothing of the backward fills those gaps.
+/// Its result is returned, or `None` where it did not run: by layers, where the forward keeps
+/// only each layer's input and the node activations exist only once the backward has
+/// recomputed them, and where this thread is not one of a rayon pool's (the `attrib` binary's
+/// main thread is; see the comment at `in_pool`). `beside` must take no lock that a backward
+/// pass holds: it may run on this thread while the backward waits for its products.
+pub fn attribute<B: Backend, R: Send>(
     model: &Qwen2ForCausalLM<Autodiff<B>>,
     ids: &[u32],
     objective: Objective,
     tap: Option<fn(Site) -> bool>,
     by_layers: bool,
     on_event: &mut dyn FnMut(Event),
-) -> Result<Pass<B>, ModelError> {
+    beside: Option<&(dyn Fn(Forwarded<'_>) -> R + Sync)>,
+) -> Result<(Pass<B>, Option<R>), ModelError> {
     let device = model.model.embed_tokens.weight.val().device();
     let vocab = model.config.vocab_size;
     let started = Instant::now();
@@ -137,14 +159,44 @@ pub fn attribute<B: Backend>(
     let started = Instant::now();
     let value = objective.value(logits.reshape([vocab]), target_id);
     let value_host = to_vec(value.clone().inner())?[0] as f64;
-    let grads = value.backward();
-    let tapped = forward.tapped(model, &grads, tap);
+    // Only on a thread of rayon's pool: the backward then stays on this thread, where a
+    // thread outside the pool would hand it to the pool as a job, which a worker waiting
+    // inside another attribution's backward could take up and block on that one's locks.
+    let in_pool = rayon::current_thread_index().is_some();
+    let beside = match (&forward, beside) {
+        (Forward::Whole(taps), Some(work)) if in_pool => {
+            let nodes = (taps.taps.iter())
+                .filter(|t| is_node(t.site))
+                .map(|t| Ok((t.site, to_vec(t.activation.clone())?)))
+                .collect::<Result<Vec<_>, ModelError>>()?;
+            Some((work, nodes))
+        }
+        _ => None,
+    };
+    let backward = || {
+        let grads = value.backward();
+        forward.tapped(model, &grads, tap)
+    };
+    let (tapped, beside) = match beside {
+        Some((work, nodes)) => {
+            let beside = || {
+                work(Forwarded {
+                    target_id,
+                    logits: &host,
+                    nodes: &nodes,
+                })
+            };
+            let (tapped, result) = rayon::join(backward, beside);
+            (tapped, Some(result))
+        }
+        None => (backward(), None),
+    };
     sync::<B>(&device)?;
     let backward_s = started.elapsed().as_secs_f64();
     on_event(Event::Backward {
         seconds: backward_s,
     });
-    Ok(Pass {
+    let pass = Pass {
         logits: host,
         predicted_id,
         target_id,
@@ -152,7 +204,8 @@ pub fn attribute<B: Backend>(
         tapped,
         forward_s,
         backward_s,
-    })
+    };
+    Ok((pass, beside))
 }
 
 /// The gradients of `Σ_rows objective(row)` at every tapped site when `embeds`

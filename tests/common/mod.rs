@@ -121,7 +121,19 @@ pub struct RefLens {
     pub top: Vec<RefLogit>,
 }
 
-/// The default attribution of the predicted token with the logit lens.
+/// Runs `f` on a thread of a fresh two-thread rayon pool, as the `attrib` binary attributes
+/// (its main thread is one of rayon's): there the logit lens runs beside the backward pass.
+/// A pool of its own, so that tests running at the same time never share its threads.
+pub fn in_a_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
+/// The default attribution of the predicted token with the logit lens, run as the binary
+/// runs it ([`in_a_pool`]): the lens beside the backward pass.
 pub fn run_with_lens<B: burn::tensor::backend::Backend>(
     model: &attrib::model::Qwen2ForCausalLM<burn::backend::Autodiff<B>>,
     ids: &[u32],
@@ -132,7 +144,11 @@ pub fn run_with_lens<B: burn::tensor::backend::Backend>(
         lens: true,
         ..Options::default()
     };
-    attribute_loaded_with(model, ids, Objective::default(), with_lens, &mut |_| {}).unwrap()
+    let out = in_a_pool(|| {
+        attribute_loaded_with(model, ids, Objective::default(), with_lens, &mut |_| {}).unwrap()
+    });
+    assert!(out.timings.lens_beside_backward && out.timings.lens_s > 0.0);
+    out
 }
 
 /// A computed lens equals the reference's, row by row: the target's logit and the five
