@@ -203,8 +203,9 @@ pub struct Timings {
     /// (`lens_beside_backward`), else part of `scores_s`.
     #[serde(default)]
     pub lens_s: f64,
-    /// Whether the lens ran beside the backward pass, on the cores its products leave idle
-    /// (not by layers: `--checkpoint` recomputes the activations it reads in the backward).
+    /// Whether the lens ran beside the backward pass, on the cores its products leave idle:
+    /// not by layers (`--checkpoint` recomputes the activations it reads in the backward),
+    /// nor where the caller's thread is not one of a rayon pool's (the binary's is).
     #[serde(default)]
     pub lens_beside_backward: bool,
     /// EAP-IG's baseline run and interpolation points (`--ig-steps`).

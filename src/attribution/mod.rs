@@ -413,8 +413,7 @@ pub fn attribute_loaded_with<B: Backend>(
         }
     };
     // Everything beyond the node scores (none of it with `nodes_only`).
-    let mut lens_s = 0.0;
-    let (edges, heads, head_edges, lens) = if options.nodes_only {
+    let (edges, heads, head_edges, lens, lens_s) = if options.nodes_only {
         Default::default()
     } else {
         // Where the lens did not run beside the backward (by layers, or on a thread outside
@@ -442,10 +441,9 @@ pub fn attribute_loaded_with<B: Backend>(
                 seq,
             )
         };
-        let ((lens, seconds), others) = rayon::join(lens, others);
+        let ((lens, lens_s), others) = rayon::join(lens, others);
         let (edges, heads, head_edges) = others?;
-        lens_s = seconds;
-        (edges, heads, head_edges, lens?)
+        (edges, heads, head_edges, lens?, lens_s)
     };
     scores_s += started.elapsed().as_secs_f64();
 
