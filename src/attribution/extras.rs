@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
+use rayon::prelude::*;
 
 use super::edges::{self, EdgeScore, LOGITS};
 use super::heads::{self, HeadScore};
@@ -28,55 +29,64 @@ pub(super) fn edges_and_heads<B: Backend>(
     seq: usize,
 ) -> Result<(Vec<EdgeScore>, Vec<HeadScore>, Vec<EdgeScore>), ModelError> {
     let heads_per_layer = model.config.num_attention_heads;
-    let edges = edges::residual_edges(node_data, |s| gradients[&s].as_slice(), seq);
+    // Each layer's o_proj weight, taken here: only the backend's own tensors go to other
+    // threads, nothing of the autodiff graph.
+    let o_projs: Vec<_> = (model.model.layers.iter())
+        .map(|block| {
+            let weight = block.self_attn.o_proj.weight.val().inner();
+            (weight, block.self_attn.head_parts())
+        })
+        .collect();
+    // The edges and the layers' heads side by side (each layer's heads are a few small
+    // products and reductions, most of them on one thread).
+    let (edges, heads) = rayon::join(
+        || edges::residual_edges(node_data, |s| gradients[&s].as_slice(), seq),
+        || {
+            (o_projs.par_iter().enumerate())
+                .map(|(layer, (o_proj, parts))| {
+                    heads::layer_heads(
+                        layer,
+                        heads_per_layer,
+                        head_activation(layer),
+                        grad_tensors[&Site::HeadOut(layer)].clone(),
+                        (o_proj.clone(), Some(*parts)),
+                        grad_tensors[&Site::AttnOut(layer)].clone(),
+                    )
+                })
+                .collect::<Result<Vec<_>, String>>()
+        },
+    );
+    let heads: Vec<HeadScore> = heads
+        .map_err(ModelError::Source)?
+        .into_iter()
+        .flatten()
+        .collect();
 
-    let mut heads = Vec::new();
-    for (layer, block) in model.model.layers.iter().enumerate() {
-        heads.extend(
-            heads::layer_heads(
-                layer,
-                heads_per_layer,
-                head_activation(layer),
-                grad_tensors[&Site::HeadOut(layer)].clone(),
-                (
-                    block.self_attn.o_proj.weight.val().inner(),
-                    Some(block.self_attn.head_parts()),
-                ),
-                grad_tensors[&Site::AttnOut(layer)].clone(),
-            )
-            .map_err(ModelError::Source)?,
-        );
-    }
-
-    let mut from_heads = Vec::new();
-    if head_edges {
-        for (layer, block) in model.model.layers.iter().enumerate() {
-            // Every node after this layer's attention reads what its heads wrote.
-            let downstream: Vec<(String, Tensor<B, 3>)> = node_sites
-                .iter()
-                .skip_while(|s| **s != Site::AttnOut(layer))
-                .skip(1)
-                .filter_map(|s| edges::input_site(*s).map(|input| (s.to_string(), input)))
-                .chain(std::iter::once((LOGITS.to_string(), Site::FinalIn)))
-                .map(|(id, input)| (id, grad_tensors[&input].clone()))
-                .collect();
-            let z = head_activation(layer);
-            let o_proj = o_proj_for_heads(block, z.dtype());
-            from_heads.extend(
+    // Layer by layer on every core too.
+    let from_heads = match head_edges {
+        true => (o_projs.par_iter().enumerate())
+            .map(|(layer, (o_proj, _))| {
+                // Every node after this layer's attention reads what its heads wrote.
+                let downstream: Vec<(String, Tensor<B, 3>)> = node_sites
+                    .iter()
+                    .skip_while(|s| **s != Site::AttnOut(layer))
+                    .skip(1)
+                    .filter_map(|s| edges::input_site(*s).map(|input| (s.to_string(), input)))
+                    .chain(std::iter::once((LOGITS.to_string(), Site::FinalIn)))
+                    .map(|(id, input)| (id, grad_tensors[&input].clone()))
+                    .collect();
+                let z = head_activation(layer);
+                // In the activations' precision: the model may keep its linear weights in
+                // bf16 while it computes in f32 (see `qwen2_burn::matmul`).
+                let o_proj = crate::model::matmul::weight_as(o_proj.clone(), z.dtype());
                 heads::layer_head_edges(layer, heads_per_layer, z, o_proj, &downstream)
-                    .map_err(ModelError::Source)?,
-            );
-        }
-    }
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(ModelError::Source)?
+            .into_iter()
+            .flatten()
+            .collect(),
+        false => Vec::new(),
+    };
     Ok((edges, heads, from_heads))
-}
-
-/// A layer's o_proj weight for the head→node edges, in the activations' precision `dtype` (the
-/// model may keep its linear weights in bf16 while it computes in f32, see
-/// `qwen2_burn::matmul`).
-fn o_proj_for_heads<B: Backend>(
-    block: &crate::model::block::DecoderLayer<Autodiff<B>>,
-    dtype: DType,
-) -> Tensor<B, 2> {
-    crate::model::matmul::weight_as(block.self_attn.o_proj.weight.val().inner(), dtype)
 }

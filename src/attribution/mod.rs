@@ -19,6 +19,7 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::backends::{self, BackendJob, Selection};
 use crate::graph::Timings;
@@ -89,6 +90,14 @@ pub struct Options {
 /// 512 tokens and 11.7 GB at 1,024, and is a quarter faster than recomputing each layer; at
 /// 2,048 tokens it would come near 24 GiB (the attention probabilities grow with the square).
 pub const CHECKPOINT_ABOVE: usize = 1024;
+
+/// The longest prompt (in tokens) for which o_proj's product in the forward pass keeps what
+/// each attention head contributes, for the head scores. Kept, the contributions cost the
+/// forward pass their memory (heads × tokens × hidden floats per layer, fresh pages each
+/// run) and spare the scores a pass over every o_proj; on the 1.5B model on a 2-core VM
+/// (GGUF file, alternating runs) keeping them saved ~4 ms at 5 tokens and ~10 at 8, broke
+/// even at 10 and lost ~10 ms at 13 (forward +20-25 ms, heads −12).
+pub const HEAD_PARTS_UP_TO: usize = 10;
 
 /// Seconds spent on each kind of check of `--verify`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -265,7 +274,7 @@ pub fn attribute_loaded_with<B: Backend>(
         // takes the row norms the lens's screen needs, which would otherwise read it again.
         model.keep_head_norms();
     }
-    if !options.nodes_only {
+    if !options.nodes_only && ids.len() <= HEAD_PARTS_UP_TO {
         // o_proj's product at a few tokens sums head by head: it can keep what each head
         // contributes, which the head scores would otherwise compute from o_proj again.
         model.keep_head_parts();
@@ -330,12 +339,23 @@ pub fn attribute_loaded_with<B: Backend>(
     let mut activations: HashMap<Site, Vec<f32>> = HashMap::new();
     let mut gradients: HashMap<Site, Vec<f32>> = HashMap::new();
     let mut grad_tensors: HashMap<Site, Tensor<B, 3>> = HashMap::new();
-    for t in &tapped {
-        if is_node(t.site) {
-            activations.insert(t.site, to_vec(t.activation.clone())?);
+    // On every core: each copy is small, and a fresh allocation the kernel must clear.
+    let copies = tapped
+        .par_iter()
+        .map(|t| {
+            let activation = match is_node(t.site) {
+                true => Some(to_vec(t.activation.clone())?),
+                false => None,
+            };
+            Ok((t.site, activation, to_vec(t.grad.clone())?))
+        })
+        .collect::<Result<Vec<_>, ModelError>>()?;
+    for ((site, activation, gradient), t) in copies.into_iter().zip(&tapped) {
+        if let Some(activation) = activation {
+            activations.insert(site, activation);
         }
-        gradients.insert(t.site, to_vec(t.grad.clone())?);
-        grad_tensors.insert(t.site, t.grad.clone());
+        gradients.insert(site, gradient);
+        grad_tensors.insert(site, t.grad.clone());
     }
     let node_sites: Vec<Site> = sites.iter().copied().filter(|s| is_node(*s)).collect();
     let mut scores_s = started.elapsed().as_secs_f64();

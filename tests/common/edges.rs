@@ -18,7 +18,8 @@ fn close(got: f64, want: f64, peers: f64, tolerance: f64) -> bool {
 
 /// Checks every case of fixture `name`; returns how many of its layers' head scores came
 /// from the contributions o_proj's product noted, and how many cases × layers had prompts
-/// short enough for it to note them (the streaming kernels' rows).
+/// short enough for it to note them (the streaming kernels' rows, at most
+/// `HEAD_PARTS_UP_TO`).
 pub fn check_edges_and_heads<B: Backend>(name: &str, tolerance: f64) -> (usize, usize) {
     let model = super::load_fixture::<Autodiff<B>>(name);
     let layers = &model.model.layers;
@@ -31,7 +32,9 @@ pub fn check_edges_and_heads<B: Backend>(name: &str, tolerance: f64) -> (usize, 
     let before = used();
     let mut short = 0;
     for case in &reference(name).cases {
-        if case.input_ids.len() <= attrib::model::matmul::MAX_FEW_ROWS {
+        let noted_up_to =
+            attrib::model::matmul::MAX_FEW_ROWS.min(attrib::attribution::HEAD_PARTS_UP_TO);
+        if case.input_ids.len() <= noted_up_to {
             short += layers.len();
         }
         let out =
