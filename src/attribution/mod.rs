@@ -332,30 +332,32 @@ pub fn attribute_loaded_with<B: Backend>(
         tapped,
         forward_s,
         backward_s,
+        node_activations,
     } = pass;
 
     let started = Instant::now();
-    // Host copies of what the scores need: node activations and every gradient.
-    let mut activations: HashMap<Site, Vec<f32>> = HashMap::new();
+    // Host copies of what the scores need: node activations (those the lens beside the
+    // backward had are taken as they are) and every gradient.
+    let mut activations: HashMap<Site, Vec<f32>> = node_activations.into_iter().collect();
     let mut gradients: HashMap<Site, Vec<f32>> = HashMap::new();
     let mut grad_tensors: HashMap<Site, Tensor<B, 3>> = HashMap::new();
     // On every core: each copy is small, and a fresh allocation the kernel must clear.
     let copies = tapped
         .par_iter()
         .map(|t| {
-            let activation = match is_node(t.site) {
+            let activation = match is_node(t.site) && !activations.contains_key(&t.site) {
                 true => Some(to_vec(t.activation.clone())?),
                 false => None,
             };
-            Ok((t.site, activation, to_vec(t.grad.clone())?))
+            Ok((activation, to_vec(t.grad.clone())?))
         })
         .collect::<Result<Vec<_>, ModelError>>()?;
-    for ((site, activation, gradient), t) in copies.into_iter().zip(&tapped) {
+    for ((activation, gradient), t) in copies.into_iter().zip(&tapped) {
         if let Some(activation) = activation {
-            activations.insert(site, activation);
+            activations.insert(t.site, activation);
         }
-        gradients.insert(site, gradient);
-        grad_tensors.insert(site, t.grad.clone());
+        gradients.insert(t.site, gradient);
+        grad_tensors.insert(t.site, t.grad.clone());
     }
     let node_sites: Vec<Site> = sites.iter().copied().filter(|s| is_node(*s)).collect();
     let mut scores_s = started.elapsed().as_secs_f64();

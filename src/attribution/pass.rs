@@ -45,6 +45,9 @@ pub struct Pass<B: Backend> {
     pub forward_s: f64,
     /// Seconds of the backward pass (by layers: with the layers' second forward).
     pub backward_s: f64,
+    /// The node sites' activations on the host, where they were copied for the work beside
+    /// the backward pass ([`Forwarded::nodes`]); empty otherwise.
+    pub node_activations: Vec<(Site, Vec<f32>)>,
 }
 
 /// What the forward pass gives work that needs nothing of the backward pass (the logit lens),
@@ -177,7 +180,7 @@ pub fn attribute<B: Backend, R: Send>(
         let grads = value.backward();
         forward.tapped(model, &grads, tap)
     };
-    let (tapped, beside) = match beside {
+    let (tapped, beside, node_activations) = match beside {
         Some((work, nodes)) => {
             let beside = || {
                 work(Forwarded {
@@ -187,9 +190,9 @@ pub fn attribute<B: Backend, R: Send>(
                 })
             };
             let (tapped, result) = rayon::join(backward, beside);
-            (tapped, Some(result))
+            (tapped, Some(result), nodes)
         }
-        None => (backward(), None),
+        None => (backward(), None, Vec::new()),
     };
     sync::<B>(&device)?;
     let backward_s = started.elapsed().as_secs_f64();
@@ -204,6 +207,7 @@ pub fn attribute<B: Backend, R: Send>(
         tapped,
         forward_s,
         backward_s,
+        node_activations,
     };
     Ok((pass, beside))
 }

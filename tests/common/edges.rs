@@ -31,9 +31,9 @@ pub fn check_edges_and_heads<B: Backend>(name: &str, tolerance: f64) -> (usize, 
     };
     let before = used();
     let mut short = 0;
+    let noted_up_to =
+        attrib::model::matmul::MAX_FEW_ROWS.min(attrib::attribution::HEAD_PARTS_UP_TO);
     for case in &reference(name).cases {
-        let noted_up_to =
-            attrib::model::matmul::MAX_FEW_ROWS.min(attrib::attribution::HEAD_PARTS_UP_TO);
         if case.input_ids.len() <= noted_up_to {
             short += layers.len();
         }
